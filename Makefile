@@ -1,0 +1,51 @@
+# Entry points for a fresh machine. `make run` starts everything end to end; `make test` runs the suite.
+SHELL := /usr/bin/env bash
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: help run test lint venv stack-up stack-down stack-status freeze clean
+
+help:
+	@echo "make run          start the local stack (Kafka + registry) and print its endpoints"
+	@echo "make test         run the whole test suite (starts the services it needs)"
+	@echo "make lint         ruff on everything, mypy on bridge/"
+	@echo "make stack-up | stack-down | stack-status"
+	@echo "make freeze       record the tested dependency versions in requirements-tested.txt"
+
+# The virtual environment is rebuilt when the project's dependencies change.
+$(BIN)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; Python 3.11+ is required (set PYTHON=...)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@
+
+venv: $(BIN)/.installed
+
+run: venv
+	stack/up
+
+test: venv
+	$(BIN)/pytest
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+stack-up:
+	stack/up
+
+stack-down:
+	stack/down
+
+stack-status:
+	stack/status
+
+freeze: venv
+	$(BIN)/pip freeze --exclude-editable | sort > requirements-tested.txt
+
+clean:
+	stack/down --purge || true
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

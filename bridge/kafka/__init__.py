@@ -1,0 +1,1 @@
+"""Kafka glue: topic management, producers and consumers. Knows nothing of FHIR."""

@@ -1,0 +1,117 @@
+"""Topic names and idempotent topic creation with the configs each kind of topic needs."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from bridge.kafka.errors import TopicConfigError, TopicCreationError
+
+log = logging.getLogger(__name__)
+
+# Internal topics hold the latest value per key (cursors, fingerprints, command outcomes): they must
+# be compacted, never deleted by retention, or a restart would forget what was already published.
+COMPACTED: Mapping[str, str] = {
+    "cleanup.policy": "compact",
+    "min.insync.replicas": "1",
+    "segment.ms": "3600000",
+    "min.cleanable.dirty.ratio": "0.1",
+}
+
+
+def events_topic(prefix: str, connection: str, resource: str) -> str:
+    return f"{prefix}.{connection}.{resource}.events"
+
+
+def commands_topic(prefix: str, connection: str, resource: str) -> str:
+    return f"{prefix}.{connection}.{resource}.commands"
+
+
+def results_topic(prefix: str, connection: str) -> str:
+    return f"{prefix}.{connection}.results"
+
+
+def dlq_topic(prefix: str, connection: str) -> str:
+    return f"{prefix}.{connection}.dlq"
+
+
+def offsets_topic(prefix: str) -> str:
+    return f"{prefix}._offsets"
+
+
+def state_topic(prefix: str) -> str:
+    return f"{prefix}._state"
+
+
+def command_results_topic(prefix: str) -> str:
+    return f"{prefix}._command-results"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int = 1
+    replication_factor: int = -1  # -1: the broker's default.replication.factor
+    config: Mapping[str, str] = field(default_factory=dict)
+    # Settings an existing topic must already have; a mismatch is an operator error, not something
+    # the bridge silently works around (altering cleanup.policy on a live topic is the operator's call).
+    required: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def compacted(cls, name: str, partitions: int = 1, replication_factor: int = -1) -> TopicSpec:
+        return cls(name, partitions, replication_factor, dict(COMPACTED), {"cleanup.policy": "compact"})
+
+
+def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create the topics that are missing and check the required settings of those that exist.
+
+    Returns the names of the topics this call created.
+    """
+    wanted = {spec.name: spec for spec in specs}
+    if not wanted:
+        return []
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    missing = [spec for name, spec in wanted.items() if name not in existing]
+    created: list[str] = []
+    if missing:
+        futures = admin.create_topics(
+            [NewTopic(s.name, s.partitions, s.replication_factor, config=dict(s.config)) for s in missing],
+            operation_timeout=timeout_s,
+            request_timeout=timeout_s,
+        )
+        for name, future in futures.items():
+            try:
+                future.result()
+                created.append(name)
+                log.info("created topic %s", name)
+            except KafkaException as exc:
+                error = exc.args[0]
+                # Another worker created it between our listing and our request: that is success.
+                if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                    continue
+                raise TopicCreationError(f"could not create topic {name}: {error}") from exc
+    _check_required(admin, [s for s in wanted.values() if s.required and s.name not in created], timeout_s)
+    return created
+
+
+def topic_config(admin: AdminClient, name: str, timeout_s: float = 30.0) -> dict[str, str]:
+    """The effective configuration of one topic."""
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    return {key: entry.value for key, entry in entries.items()}
+
+
+def _check_required(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:
+    for spec in specs:
+        actual = topic_config(admin, spec.name, timeout_s)
+        wrong = {k: (v, actual.get(k)) for k, v in spec.required.items() if actual.get(k) != v}
+        if wrong:
+            details = ", ".join(f"{k}={have!r} (needs {want!r})" for k, (want, have) in wrong.items())
+            raise TopicConfigError(
+                f"topic {spec.name} exists with {details}; fix it with kafka-configs --alter "
+                f"or delete the topic so the bridge can create it"
+            )

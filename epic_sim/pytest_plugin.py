@@ -1,0 +1,1 @@
+"""pytest fixtures that run the simulator on a free loopback port."""

@@ -1,0 +1,184 @@
+"""The real broker and registry do what the bridge relies on: Avro through the registry,
+transactions that read_committed consumers respect, compacted internal topics."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+
+from bridge.kafka.errors import TopicConfigError
+from bridge.kafka.topics import TopicSpec, ensure_topics, topic_config
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+
+
+def consume_all(bootstrap: str, topic: str, isolation: str, expect_at_least: int = 0) -> list[Message]:
+    """Read a topic from the start until it is drained (or `expect_at_least` records arrived)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": isolation,
+            "enable.partition.eof": True,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Message] = []
+    eof = False
+    idle_polls = 0
+    try:
+        while idle_polls < 20 and not (eof and len(records) >= expect_at_least):
+            msg = consumer.poll(0.5)
+            if msg is None:
+                idle_polls += 1
+                continue
+            error = msg.error()
+            if error is not None:
+                assert error.code() == KafkaError._PARTITION_EOF, error
+                eof = True
+                continue
+            records.append(msg)
+    finally:
+        consumer.close()
+    return records
+
+
+def sample_patient_event() -> dict[str, Any]:
+    resource = {"resourceType": "Patient", "id": "eq081-VQEgP8drUUqCWzHfw3", "gender": "male"}
+    return {
+        "event_id": uuid.uuid4(),
+        "trigger": "CREATED",
+        "connection": "sandbox",
+        "resource_type": "Patient",
+        "resource_id": resource["id"],
+        "patient_id": resource["id"],
+        "detected_at": dt.datetime(2026, 11, 25, 8, 0, tzinfo=dt.UTC),
+        "fingerprint": "0" * 64,
+        "cursor": None,
+        "patient": {
+            "identifiers": [
+                {"system": "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14", "value": "203711", "use": "usual"}
+            ],
+            "family_name": "Lin",
+            "given_names": ["Derrick"],
+            "birth_date": dt.date(1973, 6, 3),
+            "gender": "male",
+            "active": True,
+        },
+        "resource_json": json.dumps(resource),
+    }
+
+
+@pytest.mark.integration
+def test_avro_event_round_trips_through_the_registry(
+    kafka_bootstrap: str, schema_registry: SchemaRegistryClient, new_topic: Callable[..., str]
+) -> None:
+    topic = new_topic("events")
+    schema = (SCHEMAS / "patient_event.avsc").read_text()
+    serializer = AvroSerializer(schema_registry, schema)
+    event = sample_patient_event()
+
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "enable.idempotence": True})
+    value = serializer(event, SerializationContext(topic, MessageField.VALUE))
+    producer.produce(topic, key=event["resource_id"].encode(), value=value)
+    assert producer.flush(30) == 0
+
+    # Registered under the topic's subject (TopicNameStrategy), as the bridge's consumers expect.
+    registered = schema_registry.get_latest_version(f"{topic}-value")
+    assert json.loads(registered.schema.schema_str)["name"] == "PatientEvent"
+
+    [record] = consume_all(kafka_bootstrap, topic, "read_committed", expect_at_least=1)
+    raw = record.value()
+    assert raw is not None and raw[0] == 0  # Confluent wire format: magic byte, then the schema id
+    assert int.from_bytes(raw[1:5], "big") == registered.schema_id
+    decoded = AvroDeserializer(schema_registry)(raw, SerializationContext(topic, MessageField.VALUE))
+    assert decoded == event
+
+
+@pytest.mark.integration
+def test_aborted_transaction_is_invisible_to_read_committed(
+    kafka_bootstrap: str, new_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = new_topic("tx")
+    producer = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": unique_name("txid")})
+    producer.init_transactions(30)
+
+    producer.begin_transaction()
+    producer.produce(topic, key=b"k", value=b"aborted")
+    producer.flush(30)  # written to the log, so only the abort marker can hide it
+    producer.abort_transaction(30)
+
+    producer.begin_transaction()
+    producer.produce(topic, key=b"k", value=b"committed")
+    producer.commit_transaction(30)
+
+    committed = [m.value() for m in consume_all(kafka_bootstrap, topic, "read_committed", expect_at_least=1)]
+    everything = [
+        m.value() for m in consume_all(kafka_bootstrap, topic, "read_uncommitted", expect_at_least=2)
+    ]
+    assert committed == [b"committed"]
+    assert everything == [b"aborted", b"committed"]
+
+
+@pytest.mark.integration
+def test_a_second_transactional_producer_fences_the_first(
+    kafka_bootstrap: str, new_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    topic = new_topic("fence")
+    txid = unique_name("txid")
+    old = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": txid})
+    old.init_transactions(30)
+    old.begin_transaction()
+    old.produce(topic, value=b"from the old worker")
+    old.flush(30)
+
+    new = Producer({"bootstrap.servers": kafka_bootstrap, "transactional.id": txid})
+    new.init_transactions(30)  # aborts the old worker's open transaction and bumps the epoch
+    new.begin_transaction()
+    new.produce(topic, value=b"from the new worker")
+    new.commit_transaction(30)
+
+    with pytest.raises(Exception, match=r"(?i)fenced"):
+        old.commit_transaction(30)
+    assert [m.value() for m in consume_all(kafka_bootstrap, topic, "read_committed", 1)] == [
+        b"from the new worker"
+    ]
+
+
+@pytest.mark.integration
+def test_internal_topic_is_created_compacted_and_checked(
+    kafka_admin: AdminClient, unique_name: Callable[[str], str]
+) -> None:
+    name = unique_name("_state")
+    try:
+        assert ensure_topics(kafka_admin, [TopicSpec.compacted(name, partitions=3)]) == [name]
+        config = topic_config(kafka_admin, name)
+        assert config["cleanup.policy"] == "compact"
+        assert config["min.cleanable.dirty.ratio"] == "0.1"
+        assert len(kafka_admin.list_topics(name, timeout=10).topics[name].partitions) == 3
+        # Idempotent: a second start creates nothing and accepts the topic as it is.
+        assert ensure_topics(kafka_admin, [TopicSpec.compacted(name, partitions=3)]) == []
+    finally:
+        kafka_admin.delete_topics([name], operation_timeout=30)[name].result()
+
+
+@pytest.mark.integration
+def test_existing_internal_topic_with_delete_policy_is_refused(
+    kafka_admin: AdminClient, new_topic: Callable[..., str]
+) -> None:
+    name = new_topic("not-compacted")  # cleanup.policy=delete, the broker default
+    with pytest.raises(TopicConfigError, match=r"cleanup.policy='delete' \(needs 'compact'\)"):
+        ensure_topics(kafka_admin, [TopicSpec.compacted(name)])
