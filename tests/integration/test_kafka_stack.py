@@ -18,6 +18,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.errors import TopicConfigError
+from bridge.kafka.registry import IncompatibleSchemaError, register_avro
 from bridge.kafka.topics import TopicSpec, ensure_topics, topic_config
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
@@ -77,6 +78,7 @@ def sample_patient_event() -> dict[str, Any]:
             "birth_date": dt.date(1973, 6, 3),
             "gender": "male",
             "active": True,
+            "deceased": None,
         },
         "resource_json": json.dumps(resource),
     }
@@ -182,3 +184,27 @@ def test_existing_internal_topic_with_delete_policy_is_refused(
     name = new_topic("not-compacted")  # cleanup.policy=delete, the broker default
     with pytest.raises(TopicConfigError, match=r"cleanup.policy='delete' \(needs 'compact'\)"):
         ensure_topics(kafka_admin, [TopicSpec.compacted(name)])
+
+
+@pytest.mark.integration
+def test_event_subject_is_backward_compatible(
+    schema_registry: SchemaRegistryClient, unique_name: Callable[[str], str]
+) -> None:
+    subject = f"{unique_name('patient.events')}-value"
+    schema = json.loads((SCHEMAS / "patient_event.avsc").read_text())
+    first = register_avro(schema_registry, subject, json.dumps(schema))
+    assert schema_registry.get_compatibility(subject) == "BACKWARD"
+
+    # An added optional field (with a default) is a compatible evolution.
+    schema["fields"].append(
+        {"name": "source_system", "type": ["null", "string"], "default": None, "doc": "x"}
+    )
+    second = register_avro(schema_registry, subject, json.dumps(schema))
+    assert second != first
+    assert len(schema_registry.get_versions(subject)) == 2
+
+    # A new required field breaks readers of old records: refused, and the subject is unchanged.
+    schema["fields"].append({"name": "required_now", "type": "string", "doc": "x"})
+    with pytest.raises(IncompatibleSchemaError, match="not BACKWARD compatible"):
+        register_avro(schema_registry, subject, json.dumps(schema))
+    assert len(schema_registry.get_versions(subject)) == 2
