@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -94,8 +95,26 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
                 if isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
                     continue
                 raise TopicCreationError(f"could not create topic {name}: {error}") from exc
+    _await_visible(admin, created, timeout_s)
     _check_required(admin, [s for s in wanted.values() if s.required and s.name not in created], timeout_s)
     return created
+
+
+def _await_visible(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """Wait until new topics show in the metadata with their partitions, so producing to them works."""
+    deadline = time.monotonic() + timeout_s
+    waiting = set(names)
+    while waiting:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        waiting = {
+            n for n in waiting if n not in topics or topics[n].error is not None or not topics[n].partitions
+        }
+        if waiting and time.monotonic() > deadline:
+            raise TopicCreationError(
+                f"created topics did not become visible in {timeout_s:.0f}s: {sorted(waiting)}"
+            )
+        if waiting:
+            time.sleep(0.1)
 
 
 def topic_config(admin: AdminClient, name: str, timeout_s: float = 30.0) -> dict[str, str]:

@@ -11,50 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from kafka_support import read_topic
 
 from bridge.kafka.errors import TopicConfigError
 from bridge.kafka.registry import IncompatibleSchemaError, register_avro
 from bridge.kafka.topics import TopicSpec, ensure_topics, topic_config
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
-
-
-def consume_all(bootstrap: str, topic: str, isolation: str, expect_at_least: int = 0) -> list[Message]:
-    """Read a topic from the start until it is drained (or `expect_at_least` records arrived)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": isolation,
-            "enable.partition.eof": True,
-        }
-    )
-    consumer.subscribe([topic])
-    records: list[Message] = []
-    eof = False
-    idle_polls = 0
-    try:
-        while idle_polls < 20 and not (eof and len(records) >= expect_at_least):
-            msg = consumer.poll(0.5)
-            if msg is None:
-                idle_polls += 1
-                continue
-            error = msg.error()
-            if error is not None:
-                assert error.code() == KafkaError._PARTITION_EOF, error
-                eof = True
-                continue
-            records.append(msg)
-    finally:
-        consumer.close()
-    return records
 
 
 def sample_patient_event() -> dict[str, Any]:
@@ -102,7 +70,7 @@ def test_avro_event_round_trips_through_the_registry(
     registered = schema_registry.get_latest_version(f"{topic}-value")
     assert json.loads(registered.schema.schema_str)["name"] == "PatientEvent"
 
-    [record] = consume_all(kafka_bootstrap, topic, "read_committed", expect_at_least=1)
+    [record] = read_topic(kafka_bootstrap, topic, "read_committed", expect=1)
     raw = record.value()
     assert raw is not None and raw[0] == 0  # Confluent wire format: magic byte, then the schema id
     assert int.from_bytes(raw[1:5], "big") == registered.schema_id
@@ -127,10 +95,8 @@ def test_aborted_transaction_is_invisible_to_read_committed(
     producer.produce(topic, key=b"k", value=b"committed")
     producer.commit_transaction(30)
 
-    committed = [m.value() for m in consume_all(kafka_bootstrap, topic, "read_committed", expect_at_least=1)]
-    everything = [
-        m.value() for m in consume_all(kafka_bootstrap, topic, "read_uncommitted", expect_at_least=2)
-    ]
+    committed = [m.value() for m in read_topic(kafka_bootstrap, topic, "read_committed", expect=1)]
+    everything = [m.value() for m in read_topic(kafka_bootstrap, topic, "read_uncommitted", expect=2)]
     assert committed == [b"committed"]
     assert everything == [b"aborted", b"committed"]
 
@@ -155,7 +121,7 @@ def test_a_second_transactional_producer_fences_the_first(
 
     with pytest.raises(Exception, match=r"(?i)fenced"):
         old.commit_transaction(30)
-    assert [m.value() for m in consume_all(kafka_bootstrap, topic, "read_committed", 1)] == [
+    assert [m.value() for m in read_topic(kafka_bootstrap, topic, "read_committed", 1)] == [
         b"from the new worker"
     ]
 

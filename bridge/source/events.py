@@ -1,0 +1,56 @@
+"""Event records as the event schemas (schemas/<resource>_event.avsc) define them."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Any
+
+from bridge.source.projection import PROJECTIONS, patient_id_of
+
+# Event ids are name-based (UUIDv5) on the change itself, so re-publishing the same change after a
+# crash yields the same id and downstream consumers can deduplicate on it.
+EVENT_NAMESPACE = uuid.UUID("5b0f7f0e-3c55-4a8e-9a43-2f6c3b8f6a11")
+
+
+class Trigger(StrEnum):
+    CREATED = "CREATED"
+    UPDATED = "UPDATED"
+
+
+def event_id(connection: str, resource_type: str, resource_id: str, fingerprint: str) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, f"{connection}|{resource_type}|{resource_id}|{fingerprint}")
+
+
+def projection_field(resource_type: str) -> str:
+    """Name of the projection field in the event record, e.g. documentreference."""
+    return resource_type.lower()
+
+
+def build_event(
+    *,
+    connection: str,
+    resource: Mapping[str, Any],
+    fingerprint: str,
+    trigger: Trigger,
+    detected_at: dt.datetime,
+    cursor: str | None,
+) -> dict[str, Any]:
+    resource_type = str(resource["resourceType"])
+    resource_id = str(resource["id"])
+    return {
+        "event_id": event_id(connection, resource_type, resource_id, fingerprint),
+        "trigger": trigger.value,
+        "connection": connection,
+        "resource_type": resource_type,
+        "resource_id": resource_id,
+        "patient_id": patient_id_of(resource),
+        "detected_at": detected_at,
+        "fingerprint": fingerprint,
+        "cursor": cursor,
+        projection_field(resource_type): PROJECTIONS[resource_type](resource),
+        "resource_json": json.dumps(resource, separators=(",", ":"), ensure_ascii=False),
+    }
