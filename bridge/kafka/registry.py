@@ -22,7 +22,9 @@ def register_avro(
     """
     client.set_compatibility(subject_name=subject, level=compatibility)
     try:
-        return client.register_schema(subject, Schema(schema, "AVRO"))
+        # Stripped as the Avro serializer strips it before its lookup: registries that match schemas by
+        # exact text (Apicurio does) would otherwise not find the version registered here.
+        return client.register_schema(subject, Schema(schema.strip(), "AVRO"))
     except SchemaRegistryError as exc:
         if exc.http_status_code == 409:
             raise IncompatibleSchemaError(

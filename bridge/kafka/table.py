@@ -142,7 +142,8 @@ class CompactedTable:
         while pending:
             if time.monotonic() > deadline:
                 raise CatchUpTimeoutError(f"{self.topic}: partitions {sorted(pending)} not read to the end")
-            messages = consumer.consume(batch, timeout=1.0)
+            # consume() waits for a full batch or the timeout, so keep the timeout short.
+            messages = consumer.consume(batch, timeout=0.1)
             writes: list[Write] = []
             next_offsets: dict[int, int] = {}
             for msg in messages:

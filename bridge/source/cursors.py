@@ -1,0 +1,51 @@
+"""Poll cursors per (connection, task) in the compacted `_offsets` topic, Kafka Connect style."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from bridge.kafka.table import CompactedTable, Write
+from bridge.kafka.transactions import TransactionalProducer
+
+Cursor = dict[str, Any]
+
+
+def cursor_key(connection: str, task: str) -> bytes:
+    return json.dumps([connection, task], separators=(",", ":")).encode()
+
+
+class CursorStore:
+    def __init__(self, table: CompactedTable) -> None:
+        self._table = table
+
+    @property
+    def topic(self) -> str:
+        return self._table.topic
+
+    def get(self, connection: str, task: str) -> Cursor | None:
+        raw = self._table.get(cursor_key(connection, task))
+        if raw is None:
+            return None
+        value: Cursor = json.loads(raw)
+        return value
+
+    def stage(
+        self, producer: TransactionalProducer, connection: str, task: str, cursor: Cursor | None
+    ) -> Write:
+        """Produce the advanced cursor into the open transaction (None resets it: a tombstone)."""
+        key = cursor_key(connection, task)
+        value = None if cursor is None else json.dumps(cursor, separators=(",", ":"), sort_keys=True).encode()
+        producer.produce(self._table.topic, value, key=key)
+        return key, value
+
+    def apply(self, writes: list[Write]) -> None:
+        self._table.apply(writes)
+
+    def all(self) -> dict[tuple[str, str], Cursor]:
+        """Every cursor, for `epic-bridge status`."""
+        found: dict[tuple[str, str], Cursor] = {}
+        for key, value in self._table.scan_prefix(b"["):
+            connection, task = json.loads(key)
+            found[(connection, task)] = json.loads(value)
+        return found

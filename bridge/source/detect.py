@@ -1,0 +1,49 @@
+"""Change detection: compare what a poll returned with what was seen before."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bridge.source.events import Trigger
+from bridge.source.fingerprint import fingerprint
+from bridge.source.projection import patient_id_of
+from bridge.source.state import Seen
+
+
+@dataclass(frozen=True)
+class Change:
+    resource: Mapping[str, Any]
+    fingerprint: str
+    patient_id: str | None
+    # None: recorded silently (the baseline of an initial sync in from-now mode)
+    trigger: Trigger | None
+
+    @property
+    def resource_id(self) -> str:
+        return str(self.resource["id"])
+
+
+def detect_changes(
+    resources: Iterable[Mapping[str, Any]], known: Mapping[str, Seen], *, silent: bool = False
+) -> list[Change]:
+    """First sight of an id → CREATED; a different fingerprint → UPDATED; the same → nothing.
+
+    `known` holds what the state store had for these ids. An id that appears twice in one batch (pages
+    can overlap while the server's data changes) counts once, with its last content.
+    """
+    latest: dict[str, Mapping[str, Any]] = {}
+    for resource in resources:
+        rid = resource.get("id")
+        if isinstance(rid, str) and rid:
+            latest[rid] = resource
+    changes: list[Change] = []
+    for rid, resource in latest.items():
+        fp = fingerprint(resource)
+        before = known.get(rid)
+        if before is not None and before.fingerprint == fp:
+            continue
+        trigger = None if silent else (Trigger.CREATED if before is None else Trigger.UPDATED)
+        changes.append(Change(resource, fp, patient_id_of(resource), trigger))
+    return changes

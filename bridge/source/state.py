@@ -1,0 +1,74 @@
+"""What the bridge has seen, per connection and resource: id → fingerprint, in the `_state` topic.
+
+Writes are staged into the open Kafka transaction together with the events they explain, and applied
+to the local cache only after that transaction committed (see bridge.kafka.table).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from bridge.kafka.table import CompactedTable, Write
+from bridge.kafka.transactions import TransactionalProducer
+
+
+@dataclass(frozen=True)
+class Seen:
+    fingerprint: str
+    patient_id: str | None
+
+
+def state_key(connection: str, resource_type: str, resource_id: str) -> bytes:
+    # Kafka Connect style JSON array keys: readable with any tool, and prefix-scannable.
+    return json.dumps([connection, resource_type, resource_id], separators=(",", ":")).encode()
+
+
+def _prefix(connection: str, resource_type: str) -> bytes:
+    return state_key(connection, resource_type, "")[: -len(b'""]')]
+
+
+class SeenStore:
+    def __init__(self, table: CompactedTable) -> None:
+        self._table = table
+
+    @property
+    def topic(self) -> str:
+        return self._table.topic
+
+    def lookup(self, connection: str, resource_type: str, ids: Iterable[str]) -> dict[str, Seen]:
+        keys = {state_key(connection, resource_type, i): i for i in ids}
+        found = self._table.get_many(keys)
+        result: dict[str, Seen] = {}
+        for key, raw in found.items():
+            value = json.loads(raw)
+            result[keys[key]] = Seen(value["fp"], value.get("patient"))
+        return result
+
+    def stage(
+        self,
+        producer: TransactionalProducer,
+        connection: str,
+        resource_type: str,
+        resource_id: str,
+        seen: Seen,
+    ) -> Write:
+        """Produce the new fingerprint into the open transaction; returns the write to apply after commit."""
+        key = state_key(connection, resource_type, resource_id)
+        value = json.dumps(
+            {"fp": seen.fingerprint, "patient": seen.patient_id}, separators=(",", ":")
+        ).encode()
+        producer.produce(self._table.topic, value, key=key)
+        return key, value
+
+    def apply(self, writes: Iterable[Write]) -> None:
+        self._table.apply(writes)
+
+    def ids(self, connection: str, resource_type: str) -> Iterator[str]:
+        """Every id seen for one resource type (e.g. the Patient roster of "patients already seen")."""
+        for key, _ in self._table.scan_prefix(_prefix(connection, resource_type)):
+            yield json.loads(key)[2]
+
+    def count(self) -> int:
+        return len(self._table)
