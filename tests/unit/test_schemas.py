@@ -1,4 +1,4 @@
-"""The event schemas in schemas/ are valid Avro, share one envelope and document every field."""
+"""The schemas in schemas/ are valid Avro, share their common parts and document every field."""
 
 from __future__ import annotations
 
@@ -81,3 +81,47 @@ def test_times_use_logical_types(resource: str) -> None:
     assert detected["type"] == {"type": "long", "logicalType": "timestamp-millis"}
     text = json.dumps(schema)
     assert '"logicalType": "uuid"' in text
+
+
+COMMAND_COMMON = [
+    "command_id",
+    "correlation_id",
+    "action",
+    "resource_json",
+    "fields",
+    "criteria",
+    "reply_topic",
+    "sent_at",
+    "deadline_ms",
+]
+
+
+def command_schema(resource: str) -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((SCHEMAS / f"{resource.lower()}_command.avsc").read_text())
+    return schema
+
+
+@pytest.mark.parametrize("resource", RESOURCES)
+def test_command_schema_is_valid_and_shares_the_common_fields(resource: str) -> None:
+    schema = command_schema(resource)
+    fastavro.parse_schema(schema)
+    assert (schema["name"], schema["namespace"]) == (f"{resource}Command", "epickafkabridge.commands")
+    assert [f["name"] for f in schema["fields"]] == COMMAND_COMMON
+
+    def common(s: dict[str, Any]) -> list[dict[str, Any]]:
+        return [f for f in s["fields"] if f["name"] != "fields"]
+
+    assert common(schema) == common(command_schema("Patient"))
+    for field in walk_fields(schema):
+        assert field.get("doc"), f"{resource}: field {field['name']} has no doc"
+
+
+def test_result_schema_covers_every_outcome() -> None:
+    schema = json.loads((SCHEMAS / "command_result.avsc").read_text())
+    fastavro.parse_schema(schema)
+    status = next(f for f in schema["fields"] if f["name"] == "status")["type"]
+    assert status["symbols"] == ["SUCCEEDED", "NOT_FOUND", "FAILED", "REJECTED"]
+    action = next(f for f in schema["fields"] if f["name"] == "action")["type"]
+    assert action["symbols"] == command_schema("Patient")["fields"][2]["type"]["symbols"]
+    for field in walk_fields(schema):
+        assert field.get("doc"), f"field {field['name']} has no doc"
