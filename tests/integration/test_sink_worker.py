@@ -1,0 +1,249 @@
+"""The command loop on the real broker and registry, with a small in-memory stand-in for Epic.
+
+The stand-in only counts and records calls; what the loop guarantees is under test: one result per
+command, no second execution of a command id, intents before creates, dead letters for bad records.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
+from confluent_kafka.serialization import MessageField, SerializationContext
+from kafka_support import read_topic
+
+from bridge.kafka.avro import load_schema
+from bridge.kafka.table import CompactedTable
+from bridge.kafka.transactions import TransactionalProducer
+from bridge.sink.ledger import CommandLedger
+from bridge.sink.model import Command, Effect, Outcome, Status
+from bridge.sink.worker import SinkSettings, SinkWorker
+
+
+@dataclass
+class StandInEhr:
+    """Creates resources in memory; remembers every call."""
+
+    calls: list[tuple[str, bool]] = field(default_factory=list)
+    created: list[str] = field(default_factory=list)
+    running: int = 0
+    max_running: int = 0
+
+    async def execute(self, command: Command, *, recovering: bool) -> Outcome:
+        self.calls.append((command.command_id, recovering))
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        await asyncio.sleep(0.05)
+        self.running -= 1
+        new_id = f"P{len(self.created) + 1}"
+        self.created.append(new_id)
+        return Outcome(Status.SUCCEEDED, Effect.CREATED, (new_id,), attempts=1)
+
+
+@dataclass
+class Harness:
+    bootstrap: str
+    registry: SchemaRegistryClient
+    commands: str
+    results: str
+    dlq: str
+    ledger_topic: str
+    tmp: Path
+    txid: str
+    group: str
+    ehr: StandInEhr = field(default_factory=StandInEhr)
+
+    def send(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+        producer = Producer({"bootstrap.servers": self.bootstrap})
+        for key, value in records:
+            producer.produce(self.commands, key=key, value=value)
+        assert producer.flush(30) == 0
+
+    def command(self, command_id: str, **overrides: Any) -> bytes:
+        serializer = AvroSerializer(self.registry, load_schema("patient_command.avsc"))
+        record = {
+            "command_id": command_id,
+            "action": "CREATE",
+            "resource_json": json.dumps({"resourceType": "Patient", "name": [{"family": "Lin"}]}),
+            **overrides,
+        }
+        value = serializer(record, SerializationContext(self.commands, MessageField.VALUE))
+        assert value is not None
+        return value
+
+    async def run_until(self, results: int, dead: int = 0, timeout_s: float = 60) -> None:
+        config = {"bootstrap.servers": self.bootstrap}
+        consumer = Consumer(
+            {
+                **config,
+                "group.id": self.group,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
+        producer = TransactionalProducer(config, self.txid)
+        producer.init()
+        table = CompactedTable(config, self.ledger_topic, self.tmp / f"ledger-{uuid.uuid4().hex}.db")
+        table.catch_up(60)
+        worker = SinkWorker(
+            SinkSettings(
+                "sim", {self.commands: "Patient"}, self.results, self.dlq, concurrency=4, retry_pause_s=0.1
+            ),
+            consumer=consumer,
+            producer=producer,
+            ledger=CommandLedger(table, "sim"),
+            registry=self.registry,
+            executor=self.ehr,
+        )
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        try:
+            while len(self.read_results()) < results or len(read_topic(self.bootstrap, self.dlq)) < dead:
+                assert asyncio.get_running_loop().time() < deadline, "results did not arrive in time"
+                assert not task.done(), task.exception()
+                await asyncio.sleep(0.5)
+        finally:
+            stop.set()
+            await task
+            consumer.close()
+            producer.close()
+            table.close()
+
+    def read_results(self) -> list[dict[str, Any]]:
+        deserialize = AvroDeserializer(self.registry)
+        return [
+            deserialize(m.value(), SerializationContext(self.results, MessageField.VALUE))
+            for m in read_topic(self.bootstrap, self.results)
+        ]
+
+
+@pytest.fixture
+def harness(
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    new_topic: Callable[..., str],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+) -> Iterator[Harness]:
+    yield Harness(
+        kafka_bootstrap,
+        schema_registry,
+        new_topic("patient.commands", partitions=2),
+        new_topic("results"),
+        new_topic("dlq"),
+        new_topic("_command-results", compacted=True),
+        tmp_path,
+        unique_name("sink"),
+        unique_name("group"),
+    )
+
+
+@pytest.mark.integration
+async def test_each_command_gets_one_result_and_a_resend_is_answered_from_the_ledger(
+    harness: Harness,
+) -> None:
+    harness.send(
+        [
+            (b"patient-1", harness.command("c1")),
+            (b"patient-2", harness.command("c2")),
+            (b"patient-1", harness.command("c1")),
+        ]
+    )  # c1 twice in one batch
+    await harness.run_until(results=3)
+    results = harness.read_results()
+    assert sorted((r["command_id"], r["status"], r["replayed"]) for r in results) == [
+        ("c1", "SUCCEEDED", False),
+        ("c1", "SUCCEEDED", True),
+        ("c2", "SUCCEEDED", False),
+    ]
+    assert sorted(c for c, _ in harness.ehr.calls) == ["c1", "c2"]
+
+    harness.send([(b"patient-1", harness.command("c1"))])  # re-sent later, after a restart
+    await harness.run_until(results=4)
+    replay = harness.read_results()[-1]
+    assert (replay["command_id"], replay["replayed"], replay["attempts"]) == ("c1", True, 0)
+    first = next(r for r in results if r["command_id"] == "c1" and not r["replayed"])
+    assert replay["resource_ids"] == first["resource_ids"]
+    assert len(harness.ehr.calls) == 2  # Epic was not called again
+
+
+@pytest.mark.integration
+async def test_bad_records_go_to_the_dlq_and_the_partition_keeps_moving(harness: Harness) -> None:
+    other_schema = AvroSerializer(
+        harness.registry,
+        json.dumps({"type": "record", "name": "NotACommand", "fields": [{"name": "x", "type": "string"}]}),
+    )
+    harness.send(
+        [
+            (b"k", b"not avro at all"),
+            (b"k", b"\x00\x00\x0f\x42\x3f\x02"),  # wire format, but schema id 999999 does not exist
+            (b"k", other_schema({"x": "y"}, SerializationContext(harness.commands, MessageField.VALUE))),
+            (b"k", None),
+            (b"k", harness.command("good")),
+        ]
+    )
+    await harness.run_until(results=1, dead=4)
+    dead = read_topic(harness.bootstrap, harness.dlq, expect=4)
+    reasons = [dict(m.headers() or [])["dlq.error.reason"] for m in dead]
+    assert reasons == [b"undecodable", b"unknown-schema", b"missing-field", b"empty"]
+    headers = dict(dead[0].headers() or [])
+    assert headers["dlq.source.topic"] == harness.commands.encode()
+    assert headers["dlq.source.offset"] == b"0"
+    assert dead[0].value() == b"not avro at all"  # the original bytes, untouched
+    assert [r["command_id"] for r in harness.read_results()] == ["good"]
+
+
+@pytest.mark.integration
+async def test_invalid_command_is_rejected_with_the_reason(harness: Harness) -> None:
+    harness.send(
+        [
+            (b"k", harness.command("bad-json", resource_json="{not json")),
+            (b"k", harness.command("wrong-type", resource_json=json.dumps({"resourceType": "Encounter"}))),
+            (b"k", harness.command("find-without-criteria", action="FIND", resource_json=None)),
+            (b"k", harness.command("no-reply-topic", reply_topic="does.not.exist")),
+        ]
+    )
+    await harness.run_until(results=4)
+    results = {r["command_id"]: r for r in harness.read_results()}
+    assert {r["status"] for r in results.values()} == {"REJECTED"}
+    assert "not valid JSON" in results["bad-json"]["error"]["message"]
+    assert "Encounter" in results["wrong-type"]["error"]["message"]
+    assert "needs search criteria" in results["find-without-criteria"]["error"]["message"]
+    assert "does.not.exist" in results["no-reply-topic"]["error"]["message"]
+    assert harness.ehr.calls == []
+
+
+@pytest.mark.integration
+async def test_an_intent_without_a_result_makes_the_next_attempt_recover(harness: Harness) -> None:
+    # What a crash between "Epic created it" and "the result was committed" leaves behind.
+    producer = TransactionalProducer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-crashed")
+    producer.init()
+    with producer.transaction():
+        producer.produce(harness.ledger_topic, b'{"state":"intent","at":0}', key=b'["sim","c-crashed"]')
+    producer.close()
+    harness.send([(b"k", harness.command("c-crashed")), (b"k", harness.command("c-new"))])
+    await harness.run_until(results=2)
+    assert sorted(harness.ehr.calls) == [("c-crashed", True), ("c-new", False)]
+
+
+@pytest.mark.integration
+async def test_same_key_runs_in_order_and_different_keys_concurrently(harness: Harness) -> None:
+    records = [(f"patient-{i % 4}".encode(), harness.command(f"c{i:02d}")) for i in range(16)]
+    harness.send(records)
+    await harness.run_until(results=16)
+    order = [c for c, _ in harness.ehr.calls]
+    for k in range(4):
+        same_key = [f"c{i:02d}" for i in range(16) if i % 4 == k]
+        assert [c for c in order if c in same_key] == same_key
+    assert 1 < harness.ehr.max_running <= 4
