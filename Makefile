@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint venv stack-up stack-down stack-status freeze clean
+.PHONY: help run test lint check-deploy venv stack-up stack-down stack-status freeze clean
 
 help:
 	@echo "make run          start the local stack (Kafka + registry) and print its endpoints"
@@ -49,3 +49,6 @@ freeze: venv
 clean:
 	stack/down --purge || true
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+check-deploy:
+	deploy/check
