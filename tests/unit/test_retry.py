@@ -6,7 +6,13 @@ import random
 import httpx
 import pytest
 
-from bridge.retry import RetryPolicy, is_retriable_exception, is_retriable_status, parse_retry_after, send_with_retry
+from bridge.retry import (
+    RetryPolicy,
+    is_retriable_exception,
+    is_retriable_status,
+    parse_retry_after,
+    send_with_retry,
+)
 
 
 def test_full_jitter_bounds() -> None:
@@ -60,8 +66,9 @@ async def test_send_with_retry_sleeps_and_stops() -> None:
         return r
 
     throttles: list[float | None] = []
-    response = await send_with_retry(send, RetryPolicy(base_delay_s=0.01), sleep=sleep,
-                                     on_throttled=throttles.append)
+    response = await send_with_retry(
+        send, RetryPolicy(base_delay_s=0.01), sleep=sleep, on_throttled=throttles.append
+    )
     assert response.status_code == 200
     assert slept[0] >= 2.0 and slept[1] <= 0.02 and throttles == [2.0]
 

@@ -112,3 +112,17 @@ def test_key_errors_say_what(tmp_path: Path) -> None:
             tmp_path,
         )
     assert load_pem_private_key(generate_key_pair()[1], None).key_size == 2048  # type: ignore[union-attr]
+
+
+def test_world_readable_key_file_warns(
+    key_pem: tuple[str, bytes], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "k.pem").write_bytes(key_pem[1])
+    (tmp_path / "k.pem").chmod(0o644)
+    ref = SigningKeyRef(kid="k", private_key={"file": "k.pem"})  # type: ignore[arg-type]
+    load_signing_key(ref, "RS384", tmp_path)
+    assert "chmod 600" in caplog.text
+    caplog.clear()
+    (tmp_path / "k.pem").chmod(0o600)
+    load_signing_key(ref, "RS384", tmp_path)
+    assert "chmod" not in caplog.text

@@ -107,3 +107,25 @@ async def test_bearer_never_sent_to_another_origin() -> None:
         with pytest.raises(CrossOriginAuthError):
             await http.get("http://epic.example.org/api/FHIR/R4/Patient")  # scheme differs
     assert sent == []
+
+
+async def test_metrics_count_refreshes_and_failures() -> None:
+    from bridge.auth.errors import InvalidClientError
+    from bridge.metrics import Metrics
+
+    metrics = Metrics()
+    now = [0.0]
+    manager = TokenManager(FakeSource(now), clock=lambda: now[0], name="c", metrics=metrics)
+    await manager.get()
+
+    class Failing(FakeSource):
+        async def fetch(self) -> Token:
+            raise InvalidClientError(400, "invalid_client")
+
+    failing = TokenManager(Failing(now), clock=lambda: now[0], name="c", metrics=metrics)
+    with pytest.raises(InvalidClientError):
+        await failing.get()
+    sample = metrics.registry.get_sample_value
+    assert sample("epic_bridge_token_refreshes_total", {"connection": "c", "result": "ok"}) == 1
+    assert sample("epic_bridge_token_refreshes_total", {"connection": "c", "result": "error"}) == 1
+    assert sample("epic_bridge_auth_failures_total", {"connection": "c", "error": "invalid_client"}) == 1

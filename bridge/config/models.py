@@ -1,0 +1,262 @@
+"""The connection config: one JSON file per Epic environment (sandbox, production, another hospital)."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from bridge.config.secrets import SecretRef
+from bridge.config.sink import SinkConfig
+from bridge.config.source import SourceConfig
+
+RESOURCE_TYPES = ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
+ResourceType = Literal["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
+Trigger = Literal["created", "updated"]
+Action = Literal["create", "find"]
+SigningAlg = Literal["RS256", "RS384", "RS512", "ES256", "ES384"]
+ClientAuth = Literal["client_secret_basic", "client_secret_post", "private_key_jwt", "none"]
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_url(value: str, what: str, *, require_tls: bool = True) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an absolute http(s) URL, got {value!r}")
+    if require_tls and parts.scheme != "https" and not is_loopback_host(parts.hostname):
+        raise ValueError(f"{what} must use https (plain http is only allowed on loopback), got {value!r}")
+    if parts.username or parts.password:
+        raise ValueError(f"{what} must not carry credentials in the URL")
+    return value
+
+
+class SigningKeyRef(_Strict):
+    """One private key used to sign client assertions. List two during a rotation."""
+
+    kid: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="key id published in the JWK Set; default: the public key's RFC 7638 thumbprint",
+    )
+    private_key: SecretRef = Field(description='PEM private key: {"file": "..."} or {"env": "..."}')
+    passphrase: SecretRef | None = Field(default=None, description="passphrase of an encrypted PEM")
+
+
+class BackendServicesAuth(_Strict):
+    """SMART backend services: client_credentials with a private_key_jwt assertion."""
+
+    method: Literal["backend_services"]
+    client_id: str = Field(min_length=1)
+    token_url: str | None = Field(
+        default=None, description="exact token URL (the JWT aud); default: from smart-configuration"
+    )
+    alg: SigningAlg = "RS384"
+    keys: list[SigningKeyRef] = Field(min_length=1, max_length=4)
+    signing_kid: str | None = Field(default=None, description="key to sign with; default: the first key")
+    scopes: list[str] = Field(default_factory=list, description="scopes to request (optional on Epic)")
+    assertion_lifetime_s: int = Field(default=240, ge=30, le=300)
+
+    @field_validator("token_url")
+    @classmethod
+    def _token_url(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, "token_url")
+
+    @model_validator(mode="after")
+    def _kids(self) -> BackendServicesAuth:
+        kids = [k.kid for k in self.keys if k.kid is not None]
+        if len(set(kids)) != len(kids):
+            raise ValueError("each key needs a distinct kid")
+        if self.signing_kid is not None and self.signing_kid not in kids:
+            raise ValueError(
+                f"signing_kid {self.signing_kid!r} is not one of the keys' kid "
+                f"({', '.join(kids) or 'none set'})"
+            )
+        return self
+
+
+class AuthorizationCodeAuth(_Strict):
+    """A user consents once (``epic-bridge connect``); the bridge keeps and uses the refresh token."""
+
+    method: Literal["authorization_code"]
+    client_id: str = Field(min_length=1)
+    client_auth: ClientAuth = "client_secret_basic"
+    client_secret: SecretRef | None = None
+    keys: list[SigningKeyRef] = Field(default_factory=list, description="for client_auth private_key_jwt")
+    alg: SigningAlg = "RS384"
+    redirect_uri: str = Field(
+        description="loopback URI registered on the app, e.g. http://127.0.0.1:8765/callback"
+    )
+    scopes: list[str] = Field(min_length=1)
+    authorize_url: str | None = None
+    token_url: str | None = None
+
+    @field_validator("redirect_uri")
+    @classmethod
+    def _redirect(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme != "http" or not is_loopback_host(parts.hostname) or parts.port is None:
+            raise ValueError(
+                "redirect_uri must be a loopback http URI with an explicit port "
+                f"(e.g. http://127.0.0.1:8765/callback), got {v!r}"
+            )
+        return v
+
+    @field_validator("authorize_url", "token_url")
+    @classmethod
+    def _urls(cls, v: str | None) -> str | None:
+        return None if v is None else _check_url(v, "endpoint URL")
+
+    @model_validator(mode="after")
+    def _client_auth(self) -> AuthorizationCodeAuth:
+        if self.client_auth in ("client_secret_basic", "client_secret_post") and self.client_secret is None:
+            raise ValueError(f'client_auth {self.client_auth} needs client_secret: {{"env": "VAR_NAME"}}')
+        if self.client_auth == "private_key_jwt" and not self.keys:
+            raise ValueError("client_auth private_key_jwt needs at least one entry in keys")
+        return self
+
+
+AuthConfig = Annotated[BackendServicesAuth | AuthorizationCodeAuth, Field(discriminator="method")]
+
+
+class ResourceConfig(_Strict):
+    enabled: bool = True
+    triggers: list[Trigger] = Field(default_factory=lambda: list[Trigger](["created", "updated"]))
+    actions: list[Action] = Field(default_factory=list)
+    categories: list[str] = Field(
+        default_factory=list, description="Observation/DocumentReference categories to scan (Epic needs one)"
+    )
+    poll_interval_s: float | None = Field(default=None, ge=1, description="overrides the connection's")
+
+    def needs(self) -> set[Literal["read", "search", "create"]]:
+        """Which FHIR interactions the enabled triggers and actions need."""
+        out: set[Literal["read", "search", "create"]] = set()
+        if not self.enabled:
+            return out
+        if self.triggers:
+            out |= {"search", "read"}
+        if "find" in self.actions:
+            out.add("search")
+        if "create" in self.actions:
+            out.add("create")
+        return out
+
+
+class StaticRoster(_Strict):
+    source: Literal["static"]
+    patient_ids: list[str] = Field(default_factory=list)
+    mrns: list[str] = Field(default_factory=list)
+    mrn_system: str | None = Field(default=None, description="identifier system of the MRNs")
+
+    @model_validator(mode="after")
+    def _nonempty(self) -> StaticRoster:
+        if not self.patient_ids and not self.mrns:
+            raise ValueError("a static roster needs patient_ids or mrns")
+        if self.mrns and not self.mrn_system:
+            raise ValueError("mrns need mrn_system (e.g. urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14)")
+        return self
+
+
+class GroupRoster(_Strict):
+    source: Literal["group"]
+    group_id: str = Field(min_length=1)
+
+
+class SeenPatientsRoster(_Strict):
+    source: Literal["seen-patients"]
+
+
+RosterConfig = Annotated[StaticRoster | GroupRoster | SeenPatientsRoster, Field(discriminator="source")]
+
+
+class RateLimitConfig(_Strict):
+    requests_per_second: float = Field(default=10.0, gt=0, le=1000)
+    burst: int = Field(default=10, ge=1, le=1000)
+    min_requests_per_second: float = Field(default=0.5, gt=0, description="floor when slowed down by 429s")
+    recovery_s: float = Field(default=60.0, gt=0, description="time to climb back to the full rate")
+
+
+class TimeoutConfig(_Strict):
+    connect_s: float = Field(default=5.0, gt=0)
+    read_s: float = Field(default=30.0, gt=0)
+    write_s: float = Field(default=30.0, gt=0)
+    pool_s: float = Field(default=10.0, gt=0)
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(default=5, ge=1, le=20)
+    base_delay_s: float = Field(default=0.5, gt=0)
+    max_delay_s: float = Field(default=30.0, gt=0)
+    max_retry_after_s: float = Field(default=300.0, gt=0, description="give up if asked to wait longer")
+    token_bare_400_retries: int = Field(default=3, ge=0, le=10)
+
+
+class ConnectionConfig(_Strict):
+    name: str = Field(pattern=NAME_PATTERN, description="lowercase; used in topic names")
+    description: str | None = None
+    fhir_base_url: str
+    server_profile: Literal["epic", "generic", "auto"] = "auto"
+    auth: AuthConfig
+    resources: dict[ResourceType, ResourceConfig]
+    poll_interval_s: float = Field(default=60.0, ge=1)
+    roster: RosterConfig = Field(default_factory=lambda: SeenPatientsRoster(source="seen-patients"))
+    initial_sync: Literal["from-now", "snapshot"] = "from-now"
+    topic_prefix: str = Field(default="epic", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    token_refresh_margin_s: float = Field(default=60.0, ge=0, description="refresh this long before expiry")
+    sink: SinkConfig = Field(default_factory=SinkConfig, description="commands: concurrency, deadlines, caps")
+    source: SourceConfig = Field(default_factory=SourceConfig, description="source-side tuning")
+
+    _source_dir: Path | None = PrivateAttr(default=None)
+
+    @field_validator("fhir_base_url")
+    @classmethod
+    def _base(cls, v: str) -> str:
+        _check_url(v, "fhir_base_url")
+        if urlsplit(v).query or urlsplit(v).fragment:
+            raise ValueError("fhir_base_url must not have a query or fragment")
+        return v if v.endswith("/") else v + "/"
+
+    @model_validator(mode="after")
+    def _resources(self) -> ConnectionConfig:
+        if not any(r.enabled for r in self.resources.values()):
+            raise ValueError("enable at least one resource under resources")
+        return self
+
+    @property
+    def source_dir(self) -> Path | None:
+        """Folder of the file this config came from; relative secret file paths start there."""
+        return self._source_dir
+
+    def with_source_dir(self, folder: Path | None) -> ConnectionConfig:
+        self._source_dir = folder
+        return self
+
+    def enabled_resources(self) -> dict[str, ResourceConfig]:
+        return {k: v for k, v in self.resources.items() if v.enabled}
+
+    @property
+    def origin(self) -> str:
+        p = urlsplit(self.fhir_base_url)
+        return f"{p.scheme}://{p.netloc}"
