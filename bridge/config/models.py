@@ -66,15 +66,21 @@ class BackendServicesAuth(_Strict):
     """SMART backend services: client_credentials with a private_key_jwt assertion."""
 
     method: Literal["backend_services"]
-    client_id: str = Field(min_length=1)
+    client_id: str = Field(min_length=1, description="the app's client id from its Epic registration")
     token_url: str | None = Field(
         default=None, description="exact token URL (the JWT aud); default: from smart-configuration"
     )
-    alg: SigningAlg = "RS384"
-    keys: list[SigningKeyRef] = Field(min_length=1, max_length=4)
+    alg: SigningAlg = Field(default="RS384", description="JWT signing algorithm; EC needs a JWKS URL on Epic")
+    keys: list[SigningKeyRef] = Field(
+        min_length=1,
+        max_length=4,
+        description="signing keys; the first signs unless signing_kid says otherwise",
+    )
     signing_kid: str | None = Field(default=None, description="key to sign with; default: the first key")
     scopes: list[str] = Field(default_factory=list, description="scopes to request (optional on Epic)")
-    assertion_lifetime_s: int = Field(default=240, ge=30, le=300)
+    assertion_lifetime_s: int = Field(
+        default=240, ge=30, le=300, description="JWT exp - iat; Epic allows 5 min"
+    )
 
     @field_validator("token_url")
     @classmethod
@@ -98,17 +104,19 @@ class AuthorizationCodeAuth(_Strict):
     """A user consents once (``epic-bridge connect``); the bridge keeps and uses the refresh token."""
 
     method: Literal["authorization_code"]
-    client_id: str = Field(min_length=1)
-    client_auth: ClientAuth = "client_secret_basic"
-    client_secret: SecretRef | None = None
+    client_id: str = Field(min_length=1, description="the app's client id from its Epic registration")
+    client_auth: ClientAuth = Field(
+        default="client_secret_basic", description="how the bridge authenticates at the token endpoint"
+    )
+    client_secret: SecretRef | None = Field(default=None, description="reference to the client secret")
     keys: list[SigningKeyRef] = Field(default_factory=list, description="for client_auth private_key_jwt")
-    alg: SigningAlg = "RS384"
+    alg: SigningAlg = Field(default="RS384", description="JWT signing algorithm; EC needs a JWKS URL on Epic")
     redirect_uri: str = Field(
         description="loopback URI registered on the app, e.g. http://127.0.0.1:8765/callback"
     )
-    scopes: list[str] = Field(min_length=1)
-    authorize_url: str | None = None
-    token_url: str | None = None
+    scopes: list[str] = Field(min_length=1, description="scopes to ask consent for, e.g. user/Patient.read")
+    authorize_url: str | None = Field(default=None, description="default: from smart-configuration")
+    token_url: str | None = Field(default=None, description="default: from smart-configuration")
 
     @field_validator("redirect_uri")
     @classmethod
@@ -139,9 +147,13 @@ AuthConfig = Annotated[BackendServicesAuth | AuthorizationCodeAuth, Field(discri
 
 
 class ResourceConfig(_Strict):
-    enabled: bool = True
-    triggers: list[Trigger] = Field(default_factory=lambda: list[Trigger](["created", "updated"]))
-    actions: list[Action] = Field(default_factory=list)
+    """Triggers and actions of one FHIR resource type."""
+
+    enabled: bool = Field(default=True, description="false: neither polled nor served")
+    triggers: list[Trigger] = Field(
+        default_factory=lambda: list[Trigger](["created", "updated"]), description="events to publish"
+    )
+    actions: list[Action] = Field(default_factory=list, description="commands to serve (ensure needs both)")
     categories: list[str] = Field(
         default_factory=list, description="Observation/DocumentReference categories to scan (Epic needs one)"
     )
@@ -162,9 +174,11 @@ class ResourceConfig(_Strict):
 
 
 class StaticRoster(_Strict):
+    """A fixed list of patients (ids and/or MRNs)."""
+
     source: Literal["static"]
-    patient_ids: list[str] = Field(default_factory=list)
-    mrns: list[str] = Field(default_factory=list)
+    patient_ids: list[str] = Field(default_factory=list, description="FHIR ids of the patients to scan")
+    mrns: list[str] = Field(default_factory=list, description="MRNs, resolved to ids by identifier search")
     mrn_system: str | None = Field(default=None, description="identifier system of the MRNs")
 
     @model_validator(mode="after")
@@ -177,11 +191,15 @@ class StaticRoster(_Strict):
 
 
 class GroupRoster(_Strict):
+    """The members of a FHIR Group, read at the start of every cycle."""
+
     source: Literal["group"]
-    group_id: str = Field(min_length=1)
+    group_id: str = Field(min_length=1, description="FHIR id of a Group whose members are the roster")
 
 
 class SeenPatientsRoster(_Strict):
+    """The patients the Patient trigger has already published (needs Patient enabled)."""
+
     source: Literal["seen-patients"]
 
 
@@ -189,41 +207,65 @@ RosterConfig = Annotated[StaticRoster | GroupRoster | SeenPatientsRoster, Field(
 
 
 class RateLimitConfig(_Strict):
-    requests_per_second: float = Field(default=10.0, gt=0, le=1000)
-    burst: int = Field(default=10, ge=1, le=1000)
+    """Requests to Epic per second, shared by the pollers and actions of the connection."""
+
+    requests_per_second: float = Field(
+        default=10.0, gt=0, le=1000, description="steady rate shared by everything on this connection"
+    )
+    burst: int = Field(default=10, ge=1, le=1000, description="requests allowed at once above the rate")
     min_requests_per_second: float = Field(default=0.5, gt=0, description="floor when slowed down by 429s")
     recovery_s: float = Field(default=60.0, gt=0, description="time to climb back to the full rate")
 
 
 class TimeoutConfig(_Strict):
-    connect_s: float = Field(default=5.0, gt=0)
-    read_s: float = Field(default=30.0, gt=0)
-    write_s: float = Field(default=30.0, gt=0)
-    pool_s: float = Field(default=10.0, gt=0)
+    """HTTP timeouts of the connection's client."""
+
+    connect_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect")
+    read_s: float = Field(default=30.0, gt=0, description="waiting for response bytes")
+    write_s: float = Field(default=30.0, gt=0, description="sending the request")
+    pool_s: float = Field(default=10.0, gt=0, description="waiting for a free pooled connection")
 
 
 class RetryConfig(_Strict):
-    max_attempts: int = Field(default=5, ge=1, le=20)
-    base_delay_s: float = Field(default=0.5, gt=0)
-    max_delay_s: float = Field(default=30.0, gt=0)
+    """Retries of retriable requests (408/429/500/502/503/504, transport errors)."""
+
+    max_attempts: int = Field(
+        default=5, ge=1, le=20, description="tries of a retriable request, the first included"
+    )
+    base_delay_s: float = Field(default=0.5, gt=0, description="full-jitter backoff base")
+    max_delay_s: float = Field(default=30.0, gt=0, description="backoff cap")
     max_retry_after_s: float = Field(default=300.0, gt=0, description="give up if asked to wait longer")
-    token_bare_400_retries: int = Field(default=3, ge=0, le=10)
+    token_bare_400_retries: int = Field(
+        default=3, ge=0, le=10, description="retries of the token endpoint's spurious bare HTTP 400"
+    )
 
 
 class ConnectionConfig(_Strict):
+    """One Epic environment (sandbox, production, another hospital)."""
+
     name: str = Field(pattern=NAME_PATTERN, description="lowercase; used in topic names")
-    description: str | None = None
-    fhir_base_url: str
-    server_profile: Literal["epic", "generic", "auto"] = "auto"
-    auth: AuthConfig
-    resources: dict[ResourceType, ResourceConfig]
-    poll_interval_s: float = Field(default=60.0, ge=1)
-    roster: RosterConfig = Field(default_factory=lambda: SeenPatientsRoster(source="seen-patients"))
-    initial_sync: Literal["from-now", "snapshot"] = "from-now"
-    topic_prefix: str = Field(default="epic", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$")
-    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig)
-    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
-    retry: RetryConfig = Field(default_factory=RetryConfig)
+    description: str | None = Field(default=None, description="free text for operators")
+    fhir_base_url: str = Field(description="FHIR R4 base, e.g. https://host/instance/api/FHIR/R4/")
+    server_profile: Literal["epic", "generic", "auto"] = Field(
+        default="auto", description="epic or generic FHIR behaviour; auto reads the CapabilityStatement"
+    )
+    auth: AuthConfig = Field(description="how the bridge gets access tokens (method decides the shape)")
+    resources: dict[ResourceType, ResourceConfig] = Field(description="per FHIR type: triggers and actions")
+    poll_interval_s: float = Field(default=60.0, ge=1, description="pause between two polls of a resource")
+    roster: RosterConfig = Field(
+        default_factory=lambda: SeenPatientsRoster(source="seen-patients"),
+        description="which patients per-patient scans cover (Epic anchors every clinical search to one)",
+    )
+    initial_sync: Literal["from-now", "snapshot"] = Field(
+        default="from-now",
+        description="first run: from-now records what exists silently; snapshot publishes it as CREATED",
+    )
+    topic_prefix: str = Field(
+        default="epic", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,100}$", description="first part of topic names"
+    )
+    rate_limit: RateLimitConfig = Field(default_factory=RateLimitConfig, description="requests to Epic")
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig, description="HTTP timeouts")
+    retry: RetryConfig = Field(default_factory=RetryConfig, description="retries of retriable requests")
     token_refresh_margin_s: float = Field(default=60.0, ge=0, description="refresh this long before expiry")
     sink: SinkConfig = Field(default_factory=SinkConfig, description="commands: concurrency, deadlines, caps")
     source: SourceConfig = Field(default_factory=SourceConfig, description="source-side tuning")
