@@ -116,6 +116,12 @@ def docker_compose_file() -> str:
 
 
 @pytest.fixture(scope="session")
+def docker_setup() -> list[str]:
+    # Only the services the tests use; the rest of the compose file is the end-to-end demo.
+    return ["up -d kafka registry"]
+
+
+@pytest.fixture(scope="session")
 def stack(request: pytest.FixtureRequest) -> Iterator[Stack]:
     bootstrap_env = os.environ.get("KAFKA_BOOTSTRAP")
     registry_env = os.environ.get("SCHEMA_REGISTRY_URL")
