@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 .PHONY: help run test lint check-deploy venv stack-up stack-down stack-status freeze clean
 
 help:
-	@echo "make run          start the local stack (Kafka + registry) and print its endpoints"
+	@echo "make run          the bridge end to end: Kafka + registry, the Epic simulator, the bridge, a live tail"
 	@echo "make test         run the whole test suite (starts the services it needs)"
 	@echo "make lint         ruff on everything, mypy on bridge/"
 	@echo "make stack-up | stack-down | stack-status"
@@ -24,7 +24,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 run: venv
-	stack/up
+	stack/demo
 
 test: venv
 	$(BIN)/pytest

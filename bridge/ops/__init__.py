@@ -1,0 +1,1 @@
+"""Operator tools: watch event topics, send a command, status, backfill."""

@@ -1,0 +1,99 @@
+"""The operator subcommands of `epic-bridge`: tail, send (status and backfill join them)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bridge.config.loader import load_connection
+from bridge.config.settings import BridgeSettings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _kafka(settings: BridgeSettings) -> Any:
+    from bridge.kafka.context import KafkaContext, KafkaSettings
+
+    return KafkaContext(KafkaSettings(state_dir=settings.state_dir))
+
+
+def cmd_tail(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    from bridge.ops.tail import tail
+
+    cfg = load_connection(settings.config_dir, args.connection)
+    try:
+        tail(
+            _kafka(settings),
+            cfg.topic_prefix,
+            cfg.name,
+            sys.stdout,
+            from_beginning=args.from_beginning,
+            limit=args.limit,
+        )
+    except KeyboardInterrupt:
+        pass
+    return EXIT_OK
+
+
+def _criteria(pairs: list[str]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"epic-bridge send: --criteria needs name=value, got {pair!r}")
+        found[name] = value
+    return found
+
+
+def cmd_send(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    from bridge.ops.send import build_command, send_and_wait
+
+    cfg = load_connection(settings.config_dir, args.connection)
+    resource = None
+    if args.resource_json:
+        text = sys.stdin.read() if args.resource_json == "-" else Path(args.resource_json).read_text()
+        resource = json.loads(text)
+    command = build_command(
+        args.action, command_id=args.command_id, resource=resource, criteria=_criteria(args.criteria or [])
+    )
+    print(
+        f"sent {args.action} {args.resource_type} as command {command['command_id']}, waiting for its result"
+    )
+    result = send_and_wait(
+        _kafka(settings), cfg.topic_prefix, cfg.name, args.resource_type, command, args.key, args.timeout
+    )
+    if result is None:
+        print(
+            f"no result within {args.timeout:.0f}s (is `epic-bridge run` serving this connection?)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    for field in ("received_at", "completed_at"):
+        result[field] = str(result.get(field))
+    print(json.dumps(result, indent=2, default=str))
+    return EXIT_OK if result["status"] in ("SUCCEEDED", "NOT_FOUND") else EXIT_FAILED
+
+
+RESOURCES = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
+
+
+def add_ops_commands(sub: Any) -> None:
+    c = sub.add_parser("tail", help="watch a connection's events, decoded through the registry")
+    c.add_argument("connection")
+    c.add_argument("--from-beginning", action="store_true", help="start at the oldest event, not at new ones")
+    c.add_argument("--limit", type=int, help="stop after this many events")
+    c.set_defaults(func=cmd_tail)
+
+    c = sub.add_parser("send", help="send one command and print its result")
+    c.add_argument("connection")
+    c.add_argument("resource_type", choices=RESOURCES)
+    c.add_argument("action", choices=["CREATE", "FIND", "ENSURE"], type=str.upper)
+    c.add_argument("--resource-json", help="file with the FHIR resource to create ('-' reads stdin)")
+    c.add_argument("--criteria", action="append", metavar="NAME=VALUE", help="search parameter (repeatable)")
+    c.add_argument("--command-id", help="idempotency key (default: a new UUID)")
+    c.add_argument("--key", help="record key (default: the command id)")
+    c.add_argument("--timeout", type=float, default=60.0)
+    c.set_defaults(func=cmd_send)
