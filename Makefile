@@ -26,7 +26,8 @@ venv: $(BIN)/.installed
 run: venv
 	stack/demo
 
-test: venv
+# deploy/check validates the alert rules and provides Prometheus, which one integration test runs.
+test: venv check-deploy
 	$(BIN)/pytest
 
 lint: venv
