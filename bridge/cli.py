@@ -314,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="credential store and caches (default: $EPIC_BRIDGE_STATE_DIR or .bridge-state)",
     )
     p.add_argument("--log-level", default=os.environ.get("EPIC_BRIDGE_LOG_LEVEL", "WARNING"))
+    p.add_argument(
+        "--log-format",
+        choices=["json", "text"],
+        default=os.environ.get("EPIC_BRIDGE_LOG_FORMAT"),
+        help="JSON or text log lines (default: $EPIC_BRIDGE_LOG_FORMAT, else json for `run`, text otherwise)",
+    )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser("check", help="check a connection: token, scopes, server support")
@@ -361,10 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--only", choices=["source", "sink"], help="run one side only (default: both)")
     c.set_defaults(func=cmd_run)
 
-    for name, text in (
-        ("status", "show cursors and lag"),
-        ("backfill", "re-emit existing data"),
-    ):
+    from bridge.ops.commands import add_ops_commands
+
+    add_ops_commands(sub)
+    for name, text in (("backfill", "re-emit existing data"),):
         sub.add_parser(name, help=f"{text} (later)").set_defaults(func=cmd_not_yet)
     return p
 
@@ -375,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from bridge.credentials import CredentialStoreError
 
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level, args.log_format or ("json" if args.command == "run" else "text"))
     try:
         settings = _settings(args)
         code: int = args.func(args, settings)

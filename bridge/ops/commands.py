@@ -77,6 +77,44 @@ def cmd_send(args: argparse.Namespace, settings: BridgeSettings) -> int:
     return EXIT_OK if result["status"] in ("SUCCEEDED", "NOT_FOUND") else EXIT_FAILED
 
 
+def cmd_status(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    from rich.console import Console
+
+    from bridge.config.loader import load_connections
+    from bridge.ops.status import read_cursors, render, scrape, statuses
+
+    configs = load_connections(settings.config_dir)
+    if args.connection:
+        configs = {name: cfg for name, cfg in configs.items() if name == args.connection}
+        if not configs:
+            raise SystemExit(f"epic-bridge status: no connection named {args.connection!r}")
+    url = args.metrics_url or f"http://{settings.http_host}:{settings.http_port}/metrics"
+    metrics = scrape(url)
+    kafka = _kafka(settings)
+    rows = []
+    for prefix in sorted({cfg.topic_prefix for cfg in configs.values()}):
+        names = [name for name, cfg in configs.items() if cfg.topic_prefix == prefix]
+        rows += statuses(read_cursors(kafka, prefix), metrics, names)
+    Console().print(render(rows, metrics, url))
+    return EXIT_OK
+
+
+def cmd_reset_cursor(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    from bridge.ops.status import reset_cursor
+
+    cfg = load_connection(settings.config_dir, args.connection)
+    if not args.yes:
+        print(
+            f"this makes {cfg.name}/{args.task} start its next cycle from the beginning (nothing already\n"
+            "published is emitted again). Stop the bridge first, then repeat with --yes.",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    reset_cursor(_kafka(settings), cfg.topic_prefix, cfg.name, args.task)
+    print(f"cursor of {cfg.name}/{args.task} deleted")
+    return EXIT_OK
+
+
 RESOURCES = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
 
 
@@ -97,3 +135,14 @@ def add_ops_commands(sub: Any) -> None:
     c.add_argument("--key", help="record key (default: the command id)")
     c.add_argument("--timeout", type=float, default=60.0)
     c.set_defaults(func=cmd_send)
+
+    c = sub.add_parser("status", help="cursor, last poll, lag and errors of every poll task")
+    c.add_argument("--connection", help="only this connection")
+    c.add_argument("--metrics-url", help="the running bridge's /metrics (default: from EPIC_BRIDGE_HTTP_*)")
+    c.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("reset-cursor", help="make a poll task start over (stop the bridge first)")
+    c.add_argument("connection")
+    c.add_argument("task", help="the task, as `epic-bridge status` names it (e.g. patient)")
+    c.add_argument("--yes", action="store_true", help="really delete the cursor")
+    c.set_defaults(func=cmd_reset_cursor)
