@@ -294,10 +294,6 @@ def cmd_run(args: argparse.Namespace, settings: BridgeSettings) -> int:
     return run_bridge(configs, KafkaContext(kafka_settings), sides=sides, credential_store=store, web=web)
 
 
-def cmd_not_yet(args: argparse.Namespace, settings: BridgeSettings) -> int:
-    return _err(f"`{args.command}` is not available in this build yet")
-
-
 # -- parser ------------------------------------------------------------------------------------------
 
 
@@ -370,8 +366,6 @@ def build_parser() -> argparse.ArgumentParser:
     from bridge.ops.commands import add_ops_commands
 
     add_ops_commands(sub)
-    for name, text in (("backfill", "re-emit existing data"),):
-        sub.add_parser(name, help=f"{text} (later)").set_defaults(func=cmd_not_yet)
     return p
 
 

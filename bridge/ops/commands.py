@@ -115,6 +115,79 @@ def cmd_reset_cursor(args: argparse.Namespace, settings: BridgeSettings) -> int:
     return EXIT_OK
 
 
+def _port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        return probe.connect_ex((host, port)) != 0
+
+
+def cmd_backfill(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    import asyncio
+    import datetime as dt
+
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from bridge.connection import Connection, bridge_web_server
+    from bridge.ops import backfill as job
+
+    cfg = load_connection(settings.config_dir, args.connection)
+    rtype = next((r for r in RESOURCES if r.lower() == args.resource.lower()), None)
+    if rtype is None or rtype not in cfg.enabled_resources():
+        raise SystemExit(f"epic-bridge backfill: {args.resource!r} is not an enabled resource of {cfg.name}")
+    since = dt.date.fromisoformat(args.since) if args.since else None
+    store = _credential_store(settings, cfg)
+
+    async def run() -> job.BackfillResult:
+        # The server verifies our JWT with the JWK Set at our URL: serve it unless the bridge already does.
+        web = None
+        if _port_free(settings.http_host, settings.http_port):
+            web = bridge_web_server({cfg.name: cfg}, settings.http_host, settings.http_port).start()
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("patients"), TimeElapsedColumn())  # fmt: skip
+        try:
+            with Progress(*columns, transient=False) as bar:
+                task = bar.add_task(f"{cfg.name}/{rtype}: 0 events", total=None)
+                progress = job.Progress(
+                    start=lambda total: bar.update(task, total=total),
+                    events=lambda events: bar.update(
+                        task, description=f"{cfg.name}/{rtype}: {events} events"
+                    ),
+                    advance=lambda events: bar.update(
+                        task, advance=1, description=f"{cfg.name}/{rtype}: {events} events"
+                    ),
+                )
+                async with await Connection.open(cfg, store=store) as connection:
+                    return await job.backfill(
+                        cfg, rtype, _kafka(settings), connection, since=since, progress=progress
+                    )
+        finally:
+            if web is not None:
+                web.stop()
+
+    result = asyncio.run(run())
+    print(f"published {result.events} snapshot events (backfill run {result.run_id})")
+    return EXIT_OK
+
+
+def _credential_store(settings: BridgeSettings, cfg: Any) -> Any:
+    from bridge.config.models import AuthorizationCodeAuth
+
+    if not isinstance(cfg.auth, AuthorizationCodeAuth):
+        return None
+    from bridge.credentials import CredentialStore
+
+    key = settings.credentials_key.get_secret_value() if settings.credentials_key else None
+    return CredentialStore.open(settings.state_dir, key=key, key_file=settings.credentials_key_file)
+
+
 RESOURCES = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
 
 
@@ -140,6 +213,14 @@ def add_ops_commands(sub: Any) -> None:
     c.add_argument("--connection", help="only this connection")
     c.add_argument("--metrics-url", help="the running bridge's /metrics (default: from EPIC_BRIDGE_HTTP_*)")
     c.set_defaults(func=cmd_status)
+
+    c = sub.add_parser("backfill", help="re-publish existing data as snapshot events")
+    c.add_argument("connection")
+    c.add_argument("resource", help="Patient, Appointment, Encounter, Observation or DocumentReference")
+    c.add_argument(
+        "--since", help="only what changed (or is dated) since this day, YYYY-MM-DD, where supported"
+    )
+    c.set_defaults(func=cmd_backfill)
 
     c = sub.add_parser("reset-cursor", help="make a poll task start over (stop the bridge first)")
     c.add_argument("connection")

@@ -38,11 +38,15 @@ def build_event(
     trigger: Trigger,
     detected_at: dt.datetime,
     cursor: str | None,
+    snapshot_run: str | None = None,
 ) -> dict[str, Any]:
+    """`snapshot_run`: the id of a backfill run; its events are marked `snapshot` and get ids of their
+    own (a consumer deduplicating on event ids must still receive a deliberate re-publication)."""
     resource_type = str(resource["resourceType"])
     resource_id = str(resource["id"])
+    identity = fingerprint if snapshot_run is None else f"{fingerprint}|snapshot|{snapshot_run}"
     return {
-        "event_id": event_id(connection, resource_type, resource_id, fingerprint),
+        "event_id": event_id(connection, resource_type, resource_id, identity),
         "trigger": trigger.value,
         "connection": connection,
         "resource_type": resource_type,
@@ -53,4 +57,5 @@ def build_event(
         "cursor": cursor,
         projection_field(resource_type): PROJECTIONS[resource_type](resource),
         "resource_json": json.dumps(resource, separators=(",", ":"), ensure_ascii=False),
+        "snapshot": snapshot_run is not None,
     }

@@ -51,7 +51,7 @@ def test_event_schema_is_valid_namespaced_avro(resource: str) -> None:
     assert schema["name"] == f"{resource}Event"
     assert schema["namespace"] == "epickafkabridge.events"
     names = [f["name"] for f in schema["fields"]]
-    assert names == [*ENVELOPE, resource.lower(), "resource_json"]
+    assert names == [*ENVELOPE, resource.lower(), "resource_json", "snapshot"]
 
 
 @pytest.mark.parametrize("resource", RESOURCES[1:])
