@@ -43,7 +43,15 @@ class KafkaContext:
         self.registry = SchemaRegistryClient({"url": settings.schema_registry_url})
 
     def transactional_id(self, *parts: str) -> str:
+        """Per instance: for work split among instances by a consumer group (the sink), where the group
+        generation fences a zombie and each instance needs its own id."""
         return ".".join(["epic-bridge", self.settings.instance_id, *parts])
+
+    @staticmethod
+    def task_transactional_id(*parts: str) -> str:
+        """The same on every instance: for work that one worker at a time may do (a poll task). A second
+        worker started anywhere with the same task fences the first, so it can never publish twice."""
+        return ".".join(["epic-bridge", *parts])
 
     def cache_path(self, name: str) -> Path:
         return self.settings.state_dir / "kafka" / self.settings.instance_id / f"{name}.db"

@@ -108,7 +108,9 @@ async def backfill(
     run_id = uuid.uuid4().hex
     caps = await connection.fhir.capabilities()
     plan = plan_resource(cfg, caps, resource_type)
-    producer = TransactionalProducer(kafka.config, kafka.transactional_id(cfg.name, "backfill", plan.task))
+    producer = TransactionalProducer(
+        kafka.config, kafka.task_transactional_id(cfg.topic_prefix, cfg.name, "backfill", plan.task)
+    )
     producer.init()
     with tempfile.TemporaryDirectory() as scratch:
         # Own caches: the running bridge's files stay untouched.
