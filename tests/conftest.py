@@ -10,6 +10,7 @@ A missing service is a test failure that says why, never a skip.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -108,6 +109,17 @@ def _announce(config: pytest.Config, line: str) -> None:
         return
     with capture.global_and_fixture_disabled():
         reporter.write_line(line)
+
+
+@pytest.fixture(autouse=True)
+def _restore_root_logging() -> Iterator[None]:
+    """Commands under test install log handlers on the root logger, bound to that test's captured
+    stderr; put the previous ones back so later tests never log into a closed stream."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,18 @@ class CompactedTable:
         for key, value in cursor:
             yield bytes(key), bytes(value)
 
+    def keys_after(self, prefix: bytes, after: bytes | None, limit: int) -> list[bytes]:
+        """Up to `limit` keys starting with `prefix` and greater than `after`, in key order (one query;
+        callers page through a large table without holding a read cursor open across writes)."""
+        upper = prefix + b"\xff" * 8
+        low = prefix if after is None else after
+        op = ">=" if after is None else ">"
+        rows = self._db.execute(
+            f"SELECT key FROM kv WHERE key {op} ? AND key < ? ORDER BY key LIMIT ?",  # noqa: S608
+            (low, upper, limit),
+        ).fetchall()
+        return [bytes(row[0]) for row in rows]
+
     def __len__(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM kv").fetchone()[0])
 

@@ -30,6 +30,10 @@ class CursorStore:
         value: Cursor = json.loads(raw)
         return value
 
+    def get_many(self, connection: str, tasks: list[str]) -> dict[str, Cursor]:
+        keys = {cursor_key(connection, t): t for t in tasks}
+        return {keys[k]: json.loads(v) for k, v in self._table.get_many(keys).items()}
+
     def stage(
         self, producer: TransactionalProducer, connection: str, task: str, cursor: Cursor | None
     ) -> Write:
@@ -46,6 +50,6 @@ class CursorStore:
         """Every cursor, for `epic-bridge status`."""
         found: dict[tuple[str, str], Cursor] = {}
         for key, value in self._table.scan_prefix(b"["):
-            connection, task = json.loads(key)
+            connection, task = json.loads(key)[:2]
             found[(connection, task)] = json.loads(value)
         return found

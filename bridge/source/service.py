@@ -93,6 +93,12 @@ class SourceService:
         self.seen = SeenStore(tables.state)
         self.cursors = CursorStore(tables.offsets)
         self.tasks: list[PollTask] = []
+        self.fenced: set[str] = set()  # tasks another instance took over
+
+    def check_not_fenced(self) -> None:
+        """A readiness check: fails while another instance holds some of this connection's tasks."""
+        if self.fenced:
+            raise RuntimeError(f"taken over by another instance: {', '.join(sorted(self.fenced))}")
 
     @classmethod
     def prepare(cls, cfg: ConnectionConfig, kafka: KafkaContext, tables: InternalTables) -> SourceService:
@@ -172,10 +178,10 @@ class SourceService:
             try:
                 await task.run(stop, cycles=cycles)
             except ProducerFencedError:
-                # another process with this instance id runs these tasks now: stop this one entirely
-                # (its other tasks will be fenced too) rather than live on looking healthy
-                log.error("%s: fenced, another worker took over its transactional.id", task.name)
-                raise
+                # another bridge process runs this task now (same transactional.id): this one stops it for
+                # good, without crash-looping against the other; /readyz reports it (see `fenced`)
+                log.error("%s: another instance took over this task; it stops here", task.name)
+                self.fenced.add(task.plan.task)
 
     def close(self) -> None:
         """Abort whatever is still open (nothing half-done becomes visible) and flush."""

@@ -70,5 +70,11 @@ class SeenStore:
         for key, _ in self._table.scan_prefix(_prefix(connection, resource_type)):
             yield json.loads(key)[2]
 
+    def ids_after(self, connection: str, resource_type: str, after: str | None, limit: int) -> list[str]:
+        """Up to `limit` ids seen for one resource type, ascending, greater than `after`."""
+        start = None if after is None else state_key(connection, resource_type, after)
+        keys = self._table.keys_after(_prefix(connection, resource_type), start, limit)
+        return [json.loads(key)[2] for key in keys]
+
     def count(self) -> int:
         return len(self._table)

@@ -49,6 +49,7 @@ def sample_patient_event() -> dict[str, Any]:
             "deceased": None,
         },
         "resource_json": json.dumps(resource),
+        "snapshot": False,
     }
 
 

@@ -1,0 +1,319 @@
+"""Crash safety of `epic-bridge run`: SIGKILL at random moments of a multi-page snapshot, restart,
+and the topics end up holding every change exactly once; SIGTERM stops cleanly."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from source_support import (
+    RESOURCES,
+    connection_config,
+    read_all_events,
+    sim_read,
+    sim_resources,
+    sim_update,
+    topic_of,
+)
+
+from bridge.config.models import ConnectionConfig
+from bridge.source.fingerprint import fingerprint
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class BridgeProcess:
+    """`epic-bridge run --only source` as a real subprocess."""
+
+    def __init__(self, config_dir: Path, env: dict[str, str], log: Path) -> None:
+        self.config_dir = config_dir
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "bridge.cli",
+                    "--config-dir",
+                    str(self.config_dir),
+                    "--log-level",
+                    "INFO",
+                    "run",
+                    "--only",
+                    "source",
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout_s)
+
+    def stop_quietly(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def bridge_env(kafka_bootstrap: str, registry_url: str, tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "EPIC_BRIDGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "EPIC_BRIDGE_SCHEMA_REGISTRY_URL": registry_url,
+            "EPIC_BRIDGE_INSTANCE_ID": "crash-test",
+            "EPIC_BRIDGE_STATE_DIR": str(tmp_path / "state"),
+            "EPIC_BRIDGE_HTTP_PORT": "0",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+@pytest.fixture
+def processes() -> Iterator[list[BridgeProcess]]:
+    started: list[BridgeProcess] = []
+    yield started
+    for p in started:
+        p.stop_quietly()
+
+
+def expected_fingerprints(sim: Any) -> dict[tuple[str, str], str]:
+    return {(r, rid): fingerprint(sim_read(sim, r, rid)) for r in RESOURCES for rid in sim_resources(sim, r)}
+
+
+def events_by_resource(
+    kafka_bootstrap: str, registry: SchemaRegistryClient, cfg: ConnectionConfig, expect: int = 0
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    found = read_all_events(kafka_bootstrap, registry, [topic_of(cfg, r) for r in RESOURCES], expect)
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = collections.defaultdict(list)
+    for events in found.values():
+        for e in events:
+            grouped[(e["resource_type"], e["resource_id"])].append(e)
+    return grouped
+
+
+def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(1.0)
+
+
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
+    epic_sim_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    sim = epic_sim_factory(profile="epic", patients=24, seed=5)  # ~1000 resources, short pages on
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    cfg = connection_config(
+        sim,
+        config_dir,
+        name="crash",
+        prefix=unique_name("src"),
+        initial_sync="snapshot",
+        # pages of 4 and commits every 25 resources: a full sync is hundreds of pages and dozens of
+        # transactions, so kills land mid-page, mid-batch, mid-commit and during start-up
+        source={"page_size": 4, "batch_max_resources": 25, "batch_max_seconds": 1},
+    )
+    rng = random.Random(20261125)
+    bridge = BridgeProcess(config_dir, bridge_env, tmp_path / "bridge.log")
+    processes.append(bridge)
+    updated: list[tuple[str, str]] = []
+    kills = terms = 0
+    while kills < 20:
+        offset = bridge.log.stat().st_size if bridge.log.exists() else 0
+        bridge.start()
+        if (kills + terms) % 5 == 4:
+            # a graceful stop mid-sync (once it polls): the open batch is committed, the process exits 0
+            wait_for(
+                lambda at=offset: "caches of" in bridge.log.read_text()[at:],
+                60,
+                "the bridge to start polling",
+            )
+            time.sleep(rng.uniform(0.2, 2.0))
+            started = time.monotonic()
+            assert bridge.terminate() == 0, (tmp_path / "bridge.log").read_text()[-3000:]
+            assert time.monotonic() - started < 30
+            terms += 1
+            continue
+        time.sleep(rng.uniform(0.3, 4.0))
+        bridge.kill()
+        kills += 1
+        if kills % 5 == 0:
+            # the hospital keeps working while the bridge is down
+            rtype = RESOURCES[kills // 5 % len(RESOURCES)]
+            rid = sim_resources(sim, rtype)[kills]
+            resource = sim_read(sim, rtype, rid)
+            resource["meta"] = {"security": [{"code": f"crash-{kills}"}]}
+            sim_update(sim, resource)
+            updated.append((rtype, rid))
+        if kills % 7 == 0:  # lose the local caches now and then: rebuilt from the compacted topics
+            shutil.rmtree(tmp_path / "state", ignore_errors=True)
+    assert terms >= 4
+
+    # the last start runs to the end of a full cycle, then stops on SIGTERM
+    expected = expected_fingerprints(sim)
+    bridge.start()
+
+    def complete() -> bool:
+        grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+        return all(grouped.get(key) and grouped[key][-1]["fingerprint"] == fp for key, fp in expected.items())
+
+    wait_for(complete, 240, "every resource's current content on the topics")
+    time.sleep(3)  # one more poll cycle (interval 1 s): must add nothing
+    assert bridge.terminate() == 0, (tmp_path / "bridge.log").read_text()[-3000:]
+
+    grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+    assert set(grouped) == set(expected)
+    for key, events in grouped.items():
+        triggers = [e["trigger"] for e in events]
+        pairs = [e["fingerprint"] for e in events]
+        assert triggers[0] == "CREATED" and triggers.count("CREATED") == 1, (key, triggers)
+        assert len(pairs) == len(set(pairs)), f"{key}: a change was published twice"
+        assert len({e["event_id"] for e in events}) == len(events)
+        assert events[-1]["fingerprint"] == expected[key]
+        assert len(events) <= (2 if key in updated else 1), (key, triggers)
+    log = (tmp_path / "bridge.log").read_text()
+    assert log.count("SIGTERM: finishing the open batches") == terms + 1
+    assert "Traceback" not in log, log[log.index("Traceback") - 200 :][:3000]
+
+
+def test_sigterm_stops_promptly_even_while_the_server_is_slow(
+    epic_sim_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    """Every Observation search takes 30 s: SIGTERM must not wait for it. The other tasks' batches are
+    committed, the process exits 0, and a restart completes the sync with nothing published twice."""
+    sim = epic_sim_factory(profile="epic", patients=3, seed=6)
+    sim.set_faults(rules=[{"kind": "latency", "latency_ms": 30000, "resource": "Observation"}])
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    cfg = connection_config(sim, config_dir, name="slow", prefix=unique_name("src"), initial_sync="snapshot")
+    bridge = BridgeProcess(config_dir, bridge_env, tmp_path / "bridge.log")
+    processes.append(bridge)
+    bridge.start()
+    wait_for(
+        lambda: "slow/encounter: cycle 2" in bridge.log.read_text(), 60, "the fast tasks to finish a cycle"
+    )
+    # the process's HTTP port: JWKS, /metrics, /healthz
+    url = re.search(r"serving (http://[0-9.]+:[0-9]+)", bridge.log.read_text())
+    assert url is not None
+    metrics = httpx.get(url.group(1) + "/metrics", timeout=10).text
+    assert 'epic_bridge_polls_total{connection="slow",resource="encounter",result="ok"}' in metrics
+    assert 'epic_bridge_events_total{connection="slow",resource="encounter",trigger="CREATED"}' in metrics
+    assert httpx.get(url.group(1) + "/healthz", timeout=10).status_code == 200
+    started = time.monotonic()
+    assert bridge.terminate(timeout_s=30) == 0, bridge.log.read_text()[-3000:]
+    assert time.monotonic() - started < 10
+    before = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+    assert not any(rtype == "Observation" for rtype, _ in before)
+
+    sim.clear_faults()
+    expected = expected_fingerprints(sim)
+    bridge.start()
+
+    def complete() -> bool:
+        return set(events_by_resource(kafka_bootstrap, schema_registry, cfg)) == set(expected)
+
+    wait_for(complete, 120, "the restarted sync")
+    assert bridge.terminate() == 0
+    grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+    assert all([e["trigger"] for e in v] == ["CREATED"] for v in grouped.values())
+
+
+def test_a_duplicate_worker_fences_the_old_one(
+    epic_sim_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    """A second bridge instance running the same connection takes over every poll task's
+    transactional.id: the first one's next transaction is refused, it stops those tasks (saying so on
+    /readyz, without crash-looping) and nothing is published twice."""
+    sim = epic_sim_factory(profile="epic", patients=3, seed=8)
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    cfg = connection_config(sim, config_dir, name="dup", prefix=unique_name("src"), initial_sync="snapshot")
+    old = BridgeProcess(config_dir, bridge_env, tmp_path / "old.log")
+    other = {
+        **bridge_env,
+        "EPIC_BRIDGE_INSTANCE_ID": "second-instance",
+        "EPIC_BRIDGE_STATE_DIR": str(tmp_path / "s2"),
+    }
+    new = BridgeProcess(config_dir, other, tmp_path / "new.log")
+    processes += [old, new]
+    old.start()
+    wait_for(lambda: "dup/encounter: cycle 2" in old.log.read_text(), 60, "the first instance to poll")
+    new.start()
+    wait_for(
+        lambda: old.log.read_text().count("another instance took over this task") == len(RESOURCES),
+        60,
+        "the first instance to stop its fenced tasks",
+    )
+    assert old.proc is not None and old.proc.poll() is None  # alive, not crash-looping
+    url = re.search(r"serving (http://[0-9.]+:[0-9]+)", old.log.read_text())
+    assert url is not None
+    ready = httpx.get(url.group(1) + "/readyz", timeout=15)
+    assert ready.status_code == 503 and "taken over by another instance" in ready.text
+
+    expected = expected_fingerprints(sim)
+    sim_update(sim, {**sim_read(sim, "Encounter", sim_resources(sim, "Encounter")[0]), "status": "cancelled"})
+    wait_for(
+        lambda: any(
+            e["trigger"] == "UPDATED"
+            for v in events_by_resource(kafka_bootstrap, schema_registry, cfg).values()
+            for e in v
+        ),
+        60,
+        "the new instance to publish the change",
+    )
+    assert new.terminate() == 0
+    assert old.terminate() == 0
+    grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+    assert set(grouped) == set(expected)
+    assert sum(len(v) for v in grouped.values()) == len(expected) + 1  # nothing twice
