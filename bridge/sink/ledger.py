@@ -58,6 +58,10 @@ class CommandLedger:
         producer.produce(self._table.topic, raw, key=key)
         return key, raw
 
+    def catch_up(self) -> None:
+        """Read what others recorded since this instance last read the ledger topic."""
+        self._table.catch_up()
+
     def apply(self, writes: Iterable[Write]) -> None:
         self._table.apply(writes)
 

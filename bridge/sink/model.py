@@ -75,6 +75,7 @@ class Outcome:
     resources: tuple[dict[str, Any], ...] = ()
     error: ErrorInfo | None = None
     attempts: int = 0
+    truncated: bool = False  # a find stopped at the page cap
 
     @classmethod
     def rejected(cls, message: str) -> Outcome:
@@ -108,6 +109,7 @@ def result_record(
         "effect": outcome.effect.value,
         "resource_ids": list(outcome.resource_ids),
         "resources_json": [json.dumps(r, separators=(",", ":")) for r in outcome.resources],
+        "truncated": outcome.truncated,
         "error": None
         if error is None
         else {

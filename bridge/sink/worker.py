@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -26,6 +28,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.avro import TopicCodec, load_schema
+from bridge.kafka.registry import IncompatibleSchemaError
 from bridge.kafka.table import Write
 from bridge.kafka.transactions import TransactionAbortedError, TransactionalProducer
 from bridge.sink.decode import DeadLetter, RegistryUnavailable, decode_command, precheck
@@ -34,6 +37,8 @@ from bridge.sink.ledger import CommandLedger, Entry
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
 
 log = logging.getLogger(__name__)
+
+TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class CommandExecutor(Protocol):
@@ -80,6 +85,7 @@ class SinkWorker:
         registry: SchemaRegistryClient,
         executor: CommandExecutor,
         on_result: Callable[[Command | None, dict[str, Any] | None, DeadLetter | None], None] | None = None,
+        on_lag: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -92,20 +98,50 @@ class SinkWorker:
         self._codecs: dict[str, TopicCodec] = {}
         self._known_topics: set[str] = set()
         self._on_result = on_result
+        self._on_lag = on_lag
+        self._lag_reported = 0.0
+        self._reassigned = False  # partitions moved: catch the ledger up before the next batch
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        self._consumer.subscribe(list(self.settings.command_topics))
+        self._consumer.subscribe(list(self.settings.command_topics), on_assign=self._on_assign)
         while not stop.is_set():
-            messages: list[Message] = await asyncio.to_thread(
-                self._consumer.consume, self.settings.max_batch, self.settings.poll_timeout_s
-            )
+            messages = await asyncio.to_thread(self._fetch)
             batch = [m for m in messages if m.error() is None]
             for m in messages:
                 if m.error() is not None:
                     log.warning("consumer error: %s", m.error())
             if batch:
                 await self.handle(batch)
+            self._report_lag()
+
+    def _report_lag(self, every_s: float = 5.0) -> None:
+        """Records not yet consumed, per command topic (from the watermarks the last fetches brought)."""
+        now = time.monotonic()
+        if self._on_lag is None or now - self._lag_reported < every_s:
+            return
+        self._lag_reported = now
+        lag: dict[str, int] = dict.fromkeys(self.settings.command_topics, 0)
+        try:
+            assigned = self._consumer.assignment()
+            for position in self._consumer.position(assigned):
+                _low, high = self._consumer.get_watermark_offsets(position, cached=True)
+                if position.offset >= 0 and high >= 0:
+                    lag[position.topic] = lag.get(position.topic, 0) + max(0, high - position.offset)
+        except KafkaException as exc:
+            log.debug("no lag figures this time: %s", exc)
+            return
+        self._on_lag(lag)
+
+    def _fetch(self) -> list[Message]:
+        """Wait for one record, then take what else is already there (up to a batch): a lone command is
+        not held back waiting for a full batch."""
+        first = self._consumer.poll(self.settings.poll_timeout_s)
+        if first is None:
+            return []
+        if self.settings.max_batch == 1:
+            return [first]
+        return [first, *self._consumer.consume(self.settings.max_batch - 1, 0)]
 
     async def handle(self, batch: list[Message]) -> None:
         """Process one batch; on a transient failure, rewind so the batch is read again."""
@@ -117,7 +153,15 @@ class SinkWorker:
             await asyncio.sleep(self.settings.retry_pause_s)
 
     # -- one batch ---------------------------------------------------------------------------------
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Runs inside consume(): only note it. Another instance may have recorded intents and results
+        # for these partitions' commands since this instance last read the ledger.
+        self._reassigned = True
+
     async def _process(self, batch: list[Message]) -> None:
+        if self._reassigned:
+            self._reassigned = False
+            await asyncio.to_thread(self._ledger.catch_up)
         items = [self._decode(m) for m in batch]
         self._plan(items)
         await self._commit_intents([i for i in items if self._needs_intent(i)])
@@ -161,8 +205,8 @@ class SinkWorker:
             checked = precheck(command)
             if isinstance(checked, Outcome):
                 item.outcome = checked
-            elif command.reply_topic is not None and not self._topic_exists(command.reply_topic):
-                item.outcome = Outcome.rejected(f"reply_topic {command.reply_topic!r} does not exist")
+            elif command.reply_topic is not None and (problem := self._reply_problem(command.reply_topic)):
+                item.outcome = Outcome.rejected(problem)
             else:
                 item.command = checked
 
@@ -272,7 +316,7 @@ class SinkWorker:
     # -- helpers -----------------------------------------------------------------------------------
     def _result_topic(self, item: _Item) -> str:
         reply = item.command.reply_topic if item.command is not None else None
-        if reply is not None and self._topic_exists(reply):
+        if reply is not None and self._reply_problem(reply) is None:
             return reply
         return self.settings.results_topic
 
@@ -280,6 +324,18 @@ class SinkWorker:
         if topic not in self._codecs:
             self._codecs[topic] = TopicCodec(self._registry, topic, self._result_schema)
         return self._codecs[topic]
+
+    def _reply_problem(self, topic: str) -> str | None:
+        """Why results cannot go to `topic`, or None when they can."""
+        if not TOPIC_NAME.match(topic) or topic in (".", ".."):
+            return "reply_topic is not a valid Kafka topic name"
+        if not self._topic_exists(topic):
+            return f"reply_topic {topic!r} does not exist"
+        try:
+            self._codec(topic)
+        except IncompatibleSchemaError:
+            return f"reply_topic {topic!r} holds records of another schema"
+        return None
 
     def _topic_exists(self, topic: str) -> bool:
         if topic in self._known_topics:
