@@ -11,7 +11,7 @@ REPO_ROOT=$(cd "$STACK_ROOT/.." && pwd)
 : "${STACK_REGISTRY_PORT:=8081}"
 : "${STACK_KAFKA_HEAP:=-Xmx1G -Xms256m}"
 : "${STACK_REGISTRY_HEAP:=-Xmx768m}"
-: "${STACK_START_TIMEOUT:=120}"                 # seconds to wait for each service
+: "${STACK_START_TIMEOUT:=300}"                 # seconds to wait for each service (a broker with many topics loads slowly)
 
 pom_property() { sed -n "s:.*<$1>\(.*\)</$1>.*:\1:p" "$STACK_ROOT/pom.xml" | head -n 1; }
 KAFKA_VERSION=$(pom_property kafka.version)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,25 +16,12 @@ from connection_support import (
     authcode_connection,
     backend_connection,
     backend_raw,
-    bridge_settings,
     connect,
     register_backend,
-    started_bridge_side,
 )
 
 from bridge.cli import main
 from bridge.config.settings import BridgeSettings
-
-
-@pytest.fixture
-def bridge_side(tmp_path: Path) -> Iterator[BridgeSide]:
-    with started_bridge_side(tmp_path) as side:
-        yield side
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BridgeSettings:
-    return bridge_settings(tmp_path, monkeypatch)
 
 
 def run_check(

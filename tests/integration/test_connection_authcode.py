@@ -5,34 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 from connection_support import (
     BridgeSide,
     authcode_connection,
-    bridge_settings,
     connect,
-    started_bridge_side,
     store_of,
 )
 
 from bridge.auth.errors import ConsentError
 from bridge.config.settings import BridgeSettings
 from bridge.connection import Connection
-
-
-@pytest.fixture
-def bridge_side(tmp_path: Path) -> Iterator[BridgeSide]:
-    with started_bridge_side(tmp_path) as side:
-        yield side
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BridgeSettings:
-    return bridge_settings(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("profile", ["epic", "generic"])

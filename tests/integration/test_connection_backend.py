@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jwt as pyjwt
@@ -17,18 +15,10 @@ from connection_support import (
     backend_connection,
     backend_raw,
     register_backend,
-    started_bridge_side,
 )
 
 from bridge.auth.errors import BareBadRequestError, InvalidClientError
 from bridge.connection import Connection
-
-
-@pytest.fixture
-def bridge_side(tmp_path: Path) -> Iterator[BridgeSide]:
-    with started_bridge_side(tmp_path) as side:
-        yield side
-
 
 PROFILES = ["epic", "generic"]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,9 @@ from connection_support import (
     BridgeSide,
     authcode_connection,
     backend_connection,
-    bridge_settings,
     connect,
     log_text,
     pem_fragments,
-    started_bridge_side,
     store_of,
 )
 
@@ -31,17 +28,6 @@ from bridge.check import render, run_check
 from bridge.config.settings import BridgeSettings
 from bridge.connection import Connection
 from bridge.fhir.errors import CrossOriginLinkError
-
-
-@pytest.fixture
-def bridge_side(tmp_path: Path) -> Iterator[BridgeSide]:
-    with started_bridge_side(tmp_path) as side:
-        yield side
-
-
-@pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> BridgeSettings:
-    return bridge_settings(tmp_path, monkeypatch)
 
 
 class Attacker:
