@@ -23,22 +23,14 @@ from sink_support import SinkHarness, kafka_context, write_connection
 
 from bridge.connection import Connection
 from bridge.sink.service import run_sink
+from epic_sim.search_rules import EPIC_PARAMS
 
 pytestmark = pytest.mark.integration
 
 MAX_COMMAND_BYTES = 20_000
-EPIC_PATIENT_PARAMS = {
-    "_id",
-    "identifier",
-    "family",
-    "given",
-    "birthdate",
-    "gender",
-    "telecom",
-    "phone",
-    "email",
-    "_count",
-}
+# What the simulator (like Epic) searches on Patient: fuzzed criteria names avoid them, so each one
+# is an unsupported criterion the sink must reject.
+EPIC_PATIENT_PARAMS = set(EPIC_PARAMS["Patient"])
 OTHER_SCHEMA = json.dumps(
     {
         "type": "record",
