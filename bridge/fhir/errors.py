@@ -24,10 +24,12 @@ from typing import Any
 
 import httpx
 
+from bridge.errors import BridgeError
+
 EPIC_CODE_SYSTEM = "urn:oid:1.2.840.114350.1.13.0.1.7.2.657369"
 
 
-class FHIRError(Exception):
+class FHIRError(BridgeError):
     """Base of every FHIR client failure."""
 
 
