@@ -80,11 +80,12 @@ def statuses(
     cursors: dict[tuple[str, str], dict[str, Any]], metrics: Scrape, connections: Iterable[str]
 ) -> list[TaskStatus]:
     wanted = set(connections)
-    tasks = {key for key in cursors if key[0] in wanted and ":" not in key[1]}
+    # "<task>:patient:<id>" marks fold into their task; "_owner" records are not tasks
+    tasks = {key for key in cursors if key[0] in wanted and ":" not in key[1] and not key[1].startswith("_")}
     tasks |= {key for values in metrics.values.values() for key in values if key[0] in wanted}
     marks: dict[tuple[str, str], int] = defaultdict(int)
     for connection, task in cursors:
-        if ":" in task:
+        if ":" in task and not task.startswith("_"):
             marks[(connection, task.split(":", 1)[0])] += 1
     found = []
     for connection, task in sorted(tasks):

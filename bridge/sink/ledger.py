@@ -15,7 +15,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.kafka.table import CompactedTable, Write
+from confluent_kafka import Message
+
+from bridge.kafka.table import Applied, CompactedTable
 from bridge.kafka.transactions import TransactionalProducer
 
 
@@ -23,6 +25,19 @@ from bridge.kafka.transactions import TransactionalProducer
 class Entry:
     intent: bool
     result: dict[str, Any] | None  # set once the command has its result
+
+
+@dataclass
+class Staged:
+    key: bytes
+    value: bytes
+    position: tuple[int, int] = (0, -1)  # (partition, offset) once delivered
+
+    def delivered(self, msg: Message) -> None:
+        self.position = (int(msg.partition() or 0), int(msg.offset() or 0))
+
+    def applied(self) -> Applied:
+        return self.key, self.value, *self.position
 
 
 def ledger_key(connection: str, command_id: str) -> bytes:
@@ -46,24 +61,28 @@ class CommandLedger:
             found[keys[key]] = Entry(intent=value.get("state") == "intent", result=value.get("result"))
         return found
 
-    def stage_intent(self, producer: TransactionalProducer, command_id: str, at_ms: int) -> Write:
+    def stage_intent(self, producer: TransactionalProducer, command_id: str, at_ms: int) -> Staged:
         return self._stage(producer, command_id, {"state": "intent", "at": at_ms})
 
-    def stage_result(self, producer: TransactionalProducer, command_id: str, result: dict[str, Any]) -> Write:
+    def stage_result(
+        self, producer: TransactionalProducer, command_id: str, result: dict[str, Any]
+    ) -> Staged:
         return self._stage(producer, command_id, {"state": "done", "result": result})
 
-    def _stage(self, producer: TransactionalProducer, command_id: str, value: dict[str, Any]) -> Write:
-        key = ledger_key(self.connection, command_id)
-        raw = json.dumps(value, separators=(",", ":")).encode()
-        producer.produce(self._table.topic, raw, key=key)
-        return key, raw
+    def _stage(self, producer: TransactionalProducer, command_id: str, value: dict[str, Any]) -> Staged:
+        staged = Staged(
+            ledger_key(self.connection, command_id), json.dumps(value, separators=(",", ":")).encode()
+        )
+        producer.produce(self._table.topic, staged.value, key=staged.key, on_delivery=staged.delivered)
+        return staged
 
     def catch_up(self) -> None:
         """Read what others recorded since this instance last read the ledger topic."""
         self._table.catch_up()
 
-    def apply(self, writes: Iterable[Write]) -> None:
-        self._table.apply(writes)
+    def apply(self, writes: Iterable[Staged]) -> None:
+        """After the commit: the staged writes at the offsets their delivery reports gave."""
+        self._table.apply(w.applied() for w in writes)
 
     def count(self) -> int:
         return len(self._table)

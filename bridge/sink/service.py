@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,6 +103,19 @@ def lag_recorder(metrics: Metrics, connection: str) -> Callable[[dict[str, int]]
             metrics.command_lag.labels(connection, topic).set(records)
 
     return record
+
+
+def sink_runner(
+    config: ConnectionConfig, kafka: KafkaContext, metrics: Metrics
+) -> Callable[[Connection, asyncio.Event, Any], Awaitable[None]] | None:
+    """The sink of one connection as the runtime runs it, or None when no resource has actions."""
+    if not SinkTopics.of(config).commands:
+        return None
+
+    async def run(connection: Connection, stop: asyncio.Event, _health: Any) -> None:
+        await run_sink(connection, config, kafka, stop, metrics)
+
+    return run
 
 
 async def run_sink(

@@ -29,11 +29,10 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.registry import IncompatibleSchemaError
-from bridge.kafka.table import Write
 from bridge.kafka.transactions import TransactionAbortedError, TransactionalProducer
 from bridge.sink.decode import DeadLetter, RegistryUnavailable, decode_command, precheck
 from bridge.sink.dlq import dead_letter_headers
-from bridge.sink.ledger import CommandLedger, Entry
+from bridge.sink.ledger import CommandLedger, Entry, Staged
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
 
 log = logging.getLogger(__name__)
@@ -231,7 +230,7 @@ class SinkWorker:
         if not items:
             return
         now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-        writes: list[Write] = []
+        writes: list[Staged] = []
         self._producer.begin()
         try:
             for item in items:
@@ -268,7 +267,7 @@ class SinkWorker:
             )
 
     async def _publish(self, items: list[_Item], batch: list[Message]) -> None:
-        ledger_writes: list[Write] = []
+        ledger_writes: list[Staged] = []
         results: list[dict[str, Any] | None] = [None] * len(items)
         self._producer.begin()
         try:

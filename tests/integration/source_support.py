@@ -19,8 +19,10 @@ from bridge.auth.keys import generate_key_pair, load_private_key
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.kafka.context import KafkaContext, KafkaSettings
-from bridge.kafka.topics import events_topic
-from bridge.source.service import InternalTables, SourceService
+from bridge.kafka.internal import InternalTables
+from bridge.kafka.topics import ensure_topics, events_topic, internal_topic_specs
+from bridge.kafka.txn import Committer
+from bridge.source.service import SourceService
 
 ALL_SCOPES = [
     f"system/{t}.rs" for t in ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
@@ -100,16 +102,25 @@ def kafka_context(bootstrap: str, registry_url: str, state_dir: Path, instance: 
 
 @dataclass
 class SourceRun:
-    """The source side of one connection, started the way `epic-bridge run` starts it."""
+    """The source side of one connection, started the way `epic-bridge run` starts it once it owns the
+    connection (without a group: its commits are not fenced by one)."""
 
     cfg: ConnectionConfig
     kafka: KafkaContext
     tables: InternalTables = field(init=False)
+    committer: Committer = field(init=False)
     service: SourceService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tables = InternalTables.open(self.kafka, self.cfg.topic_prefix)
-        self.service = SourceService.prepare(self.cfg, self.kafka, self.tables)
+        prefix = self.cfg.topic_prefix
+        ensure_topics(
+            self.kafka.admin, internal_topic_specs(prefix, self.kafka.settings.internal_topic_partitions)
+        )
+        self.tables = InternalTables.open(self.kafka, prefix)
+        # one id per connection: runs of several connections of a prefix share this process
+        self.committer = Committer(self.kafka.config, self.kafka.transactional_id(prefix, self.cfg.name))
+        self.committer.start().result()  # aborts what an earlier run with this id left open
+        self.service = SourceService.prepare(self.cfg, self.kafka, self.tables, self.committer)
         self.tables.catch_up(60)
 
     def cycles(self, n: int = 1) -> SourceService:
@@ -121,7 +132,7 @@ class SourceRun:
         return self.service
 
     def close(self) -> None:
-        self.service.close()
+        self.committer.close()
         self.tables.close()
 
 
