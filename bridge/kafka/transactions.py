@@ -59,8 +59,10 @@ class TransactionalProducer:
         transactional_id: str,
         timeout_s: float = 30.0,
         retries: int = 5,
-        transaction_timeout_s: float = 60.0,
+        transaction_timeout_s: float | None = None,
     ) -> None:
+        if transaction_timeout_s is None:  # librdkafka's own default unless the config sets one
+            transaction_timeout_s = int(config.get("transaction.timeout.ms", 60000)) / 1000
         self._producer = Producer(
             {
                 "linger.ms": 10,

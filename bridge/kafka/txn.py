@@ -309,15 +309,12 @@ class Committer:
                 self._settle_uncertain(mine, exc)
                 return
             except KafkaGlueError as exc:
-                outcome = "timed-out" if isinstance(exc, TransactionTimedOutError) else "aborted"
                 if not (may_split and len(mine) > 1):
-                    self._fail(mine, exc, outcome)
+                    self._fail(mine, exc, _outcome(exc))
                     return
-                log.warning(
-                    "a shared transaction of %d units failed (%s); each is retried alone", len(mine), exc
-                )
+                log.warning("a shared transaction of %d units failed (%s); retrying each", len(mine), exc)
                 if self._observer is not None:
-                    self._observer.transaction(outcome, len(mine))
+                    self._observer.transaction("aborted", len(mine))
                 split = True
             else:
                 self._apply(applied)
@@ -439,3 +436,9 @@ class Committer:
 
     def _owns(self, owner: str) -> bool:
         return self._fencing is None or self._fencing.owns(owner)
+
+
+def _outcome(exc: KafkaGlueError) -> str:
+    if isinstance(exc, TransactionTimedOutError):
+        return "timed-out"
+    return "failed" if isinstance(exc, RecordTooLargeError) else "aborted"

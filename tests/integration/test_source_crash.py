@@ -5,21 +5,19 @@ process stands by and takes over; a process sharing another's instance id steps 
 from __future__ import annotations
 
 import collections
-import os
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from process_support import BridgeProcess, readyz, wait_for
 from source_support import (
     RESOURCES,
     connection_config,
@@ -35,81 +33,6 @@ from bridge.source.fingerprint import fingerprint
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class BridgeProcess:
-    """`epic-bridge run --only source` as a real subprocess."""
-
-    def __init__(self, config_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.config_dir = config_dir
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bridge.cli",
-                    "--config-dir",
-                    str(self.config_dir),
-                    "--log-level",
-                    "INFO",
-                    "run",
-                    "--only",
-                    "source",
-                ],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def terminate(self, timeout_s: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
-
-    def stop_quietly(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def bridge_env(kafka_bootstrap: str, registry_url: str, tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "EPIC_BRIDGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "EPIC_BRIDGE_SCHEMA_REGISTRY_URL": registry_url,
-            "EPIC_BRIDGE_INSTANCE_ID": "crash-test",
-            "EPIC_BRIDGE_STATE_DIR": str(tmp_path / "state"),
-            "EPIC_BRIDGE_HTTP_PORT": "0",
-            # a restarted process waits for its killed predecessor's group session to expire
-            "EPIC_BRIDGE_SESSION_TIMEOUT_S": "6",
-            "EPIC_BRIDGE_HEARTBEAT_INTERVAL_S": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-@pytest.fixture
-def processes() -> Iterator[list[BridgeProcess]]:
-    started: list[BridgeProcess] = []
-    yield started
-    for p in started:
-        p.stop_quietly()
-
 
 def expected_fingerprints(sim: Any) -> dict[tuple[str, str], str]:
     return {(r, rid): fingerprint(sim_read(sim, r, rid)) for r in RESOURCES for rid in sim_resources(sim, r)}
@@ -124,14 +47,6 @@ def events_by_resource(
         for e in events:
             grouped[(e["resource_type"], e["resource_id"])].append(e)
     return grouped
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1.0)
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
@@ -265,12 +180,6 @@ def test_sigterm_stops_promptly_even_while_the_server_is_slow(
     assert bridge.terminate() == 0
     grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
     assert all([e["trigger"] for e in v] == ["CREATED"] for v in grouped.values())
-
-
-def readyz(log: Path) -> httpx.Response:
-    url = re.search(r"serving (http://[0-9.]+:[0-9]+)", log.read_text())
-    assert url is not None
-    return httpx.get(url.group(1) + "/readyz", timeout=15)
 
 
 def two_processes(
