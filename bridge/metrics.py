@@ -142,3 +142,60 @@ class Metrics:
             ["connection", "topic"],
             registry=r,
         )
+
+        # -- hints ----------------------------------------------------------------------------
+        self.hints_received = Counter(
+            "epic_bridge_hints_received_total",
+            "Hints received: HL7v2 messages at the listener, records read from the hints topic",
+            ["connection", "stage"],
+            registry=r,
+        )
+        self.hints_accepted = Counter(
+            "epic_bridge_hints_accepted_total",
+            "Hints accepted: stored in the hints topic (listener), turned into scan requests (reader)",
+            ["connection", "stage"],
+            registry=r,
+        )
+        self.hints_rejected = Counter(
+            "epic_bridge_hints_rejected_total",
+            "Hints refused or dropped, by stage and reason",
+            ["connection", "stage", "reason"],
+            registry=r,
+        )
+        self.hint_acks = Counter(
+            "epic_bridge_hint_acks_total",
+            "HL7v2 ACKs sent, by code (AA, AE, AR)",
+            ["connection", "code"],
+            registry=r,
+        )
+        self.hint_listener_connections = Counter(
+            "epic_bridge_hint_listener_connections_total",
+            "MLLP connections, by outcome (accepted, refused: over max_connections)",
+            ["connection", "outcome"],
+            registry=r,
+        )
+        self.hint_listener_open = Gauge(
+            "epic_bridge_hint_listener_open_connections",
+            "MLLP connections open now",
+            ["connection"],
+            registry=r,
+        )
+        self.hint_mrn_lookups = Counter(
+            "epic_bridge_hint_mrn_lookups_total",
+            "MRN to FHIR id resolutions, by result (hit: from the cache, miss: asked the server)",
+            ["connection", "result"],
+            registry=r,
+        )
+        self.hints_coalesced = Counter(
+            "epic_bridge_hints_coalesced_total",
+            "Hints merged into a scan request already waiting for the same patient and resource",
+            ["connection"],
+            registry=r,
+        )
+        self.hint_to_event = Histogram(
+            "epic_bridge_hint_to_event_seconds",
+            "From a hint's received_at to the publication of an event its scan found",
+            ["connection", "resource"],
+            buckets=_POLL_BUCKETS,
+            registry=r,
+        )

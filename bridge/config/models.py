@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from bridge.config.hints import HintsConfig
 from bridge.config.secrets import SecretRef
 from bridge.config.sink import SinkConfig
 from bridge.config.source import SourceConfig
@@ -269,6 +270,9 @@ class ConnectionConfig(_Strict):
     token_refresh_margin_s: float = Field(default=60.0, ge=0, description="refresh this long before expiry")
     sink: SinkConfig = Field(default_factory=SinkConfig, description="commands: concurrency, deadlines, caps")
     source: SourceConfig = Field(default_factory=SourceConfig, description="source-side tuning")
+    hints: HintsConfig = Field(
+        default_factory=HintsConfig, description="change hints: the hints topic and the HL7v2 listener"
+    )
 
     _source_dir: Path | None = PrivateAttr(default=None)
 

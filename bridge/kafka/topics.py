@@ -40,6 +40,10 @@ def dlq_topic(prefix: str, connection: str) -> str:
     return f"{prefix}.{connection}.dlq"
 
 
+def hints_topic(prefix: str, connection: str) -> str:
+    return f"{prefix}.{connection}.hints"
+
+
 def offsets_topic(prefix: str) -> str:
     return f"{prefix}._offsets"
 
