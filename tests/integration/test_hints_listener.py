@@ -214,3 +214,17 @@ async def test_a_flood_of_clients_is_served_within_the_total_rate_and_writes_not
     async with mllp_client(r.listener.port) as late:  # still answering, still within the limit
         ack = await late.send(hl7_message(control="LATE"))
         assert (ack_code(ack), str(ack["MSA.F2"])) == ("AE", "LATE")
+
+
+async def test_an_idle_connection_is_closed_and_a_stopped_listener_refuses_new_ones(
+    start: Callable[..., Awaitable[Running]],
+) -> None:
+    r = await start(mllp={"idle_timeout_s": 0.5})
+    async with mllp_client(r.listener.port) as idle:
+        assert ack_code(await idle.send(hl7_message())) == "AA"
+        assert await idle.closed_by_peer(timeout_s=10)
+    port = r.listener.port
+    await r.listener.stop()
+    with pytest.raises(OSError):
+        async with mllp_client(port):
+            pass
