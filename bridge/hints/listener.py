@@ -214,6 +214,7 @@ class MLLPListener:
     def _refuse(self, header: Header | None, refusal: Refusal) -> bytes:
         self._metrics.hints_rejected.labels(self.connection, STAGE, refusal.reason.value).inc()
         self._metrics.hint_acks.labels(self.connection, refusal.code.value).inc()
+        # debug only: a flood of bad messages must not become a flood of log lines (the metrics count them)
         control = header.control_id if header is not None else "-"
-        log.info("%s: message %s answered %s: %s", self.connection, control, refusal.code, refusal.text)
+        log.debug("%s: message %s answered %s: %s", self.connection, control, refusal.code, refusal.text)
         return build_ack(header, refusal.code, self.cfg.ack_application, refusal)

@@ -195,7 +195,10 @@ class HintReader:
         try:
             found = await self._resolver.resolve(hint.mrn_system, hint.mrn)
         except FHIRError as exc:
-            log.warning("%s: MRN lookup failed, hint dropped: %s", self.settings.connection, exc)
+            # the error's type only: a server's message could quote the identifier searched for
+            log.warning(
+                "%s: MRN lookup failed (%s), hint dropped", self.settings.connection, type(exc).__name__
+            )
             self._reject("mrn-lookup-failed")
             return None
         if isinstance(found, Miss):

@@ -54,8 +54,13 @@ def open_writer(kafka: KafkaContext, cfg: ConnectionConfig) -> HintWriter:
     return HintWriter(kafka.config, topic, codec.encode, timeout_s=cfg.hints.mllp.ack_timeout_s)
 
 
+def scanned_resources(cfg: ConnectionConfig) -> list[str]:
+    """The resources a hint can make the bridge scan: enabled, with at least one trigger."""
+    return [name for name, resource in cfg.enabled_resources().items() if resource.triggers]
+
+
 def build_listener(cfg: ConnectionConfig, sink: HintSink, metrics: Metrics | None = None) -> MLLPListener:
-    rules = MessageRules.from_config(cfg.hints, list(cfg.enabled_resources()))
+    rules = MessageRules.from_config(cfg.hints, scanned_resources(cfg))
     return MLLPListener(cfg.name, cfg.hints.mllp, rules, sink, metrics=metrics)
 
 
@@ -78,7 +83,7 @@ def build_reader(
         cfg.name,
         hints,
         dlq_topic=dlq_topic(cfg.topic_prefix, cfg.name),
-        enabled_resources=list(cfg.enabled_resources()),
+        enabled_resources=scanned_resources(cfg),
     )
     resolver = MRNResolver(
         fhir,

@@ -85,6 +85,8 @@ async def test_acks_for_good_malformed_and_unsupported_messages(
         unsupported = await client.send(hl7_message(type_="VXU^V04^VXU_V04", control="CTRL-VXU"))
         no_patient = await client.send(hl7_message(authority="OTHER", control="CTRL-NOPID"))
         unframed = await client.send_raw(b"")  # an empty block: no MSH
+        client.writer.write(b"stray bytes\x1c\r")  # no <VT>: the framing is broken for this block
+        framing = await asyncio.wait_for(client.reader.readmessage(), 30)
         second = await client.send(hl7_message(mrn="203713", type_="ORU^R01^ORU_R01", control="CTRL-ORU"))
     assert (ack_code(good), str(good["MSA.F2"])) == ("AA", "CTRL-GOOD")
     assert ack_code(garbage) == "AE" and "MSH" in garbage["MSA.F3"]
@@ -93,6 +95,7 @@ async def test_acks_for_good_malformed_and_unsupported_messages(
     assert (ack_code(no_patient), str(no_patient["MSA.F2"])) == ("AE", "CTRL-NOPID")
     assert "PID-3" in no_patient["MSA.F3"]
     assert ack_code(unframed) == "AE"
+    assert ack_code(framing) == "AE" and "<VT>" in framing["MSA.F3"]
     assert ack_code(second) == "AA"
 
     records = read_hints(kafka_bootstrap, schema_registry, r.topic, expect=2)
@@ -110,11 +113,11 @@ async def test_acks_for_good_malformed_and_unsupported_messages(
     assert records[1]["resource_types"] == ["Observation"]
 
     assert r.count("epic_bridge_hint_acks_total", code="AA") == 2
-    assert r.count("epic_bridge_hint_acks_total", code="AE") == 3
+    assert r.count("epic_bridge_hint_acks_total", code="AE") == 4
     assert r.count("epic_bridge_hint_acks_total", code="AR") == 1
-    assert r.count("epic_bridge_hints_received_total", stage="listener") == 6
+    assert r.count("epic_bridge_hints_received_total", stage="listener") == 7
     assert r.count("epic_bridge_hints_accepted_total", stage="listener") == 2
-    for reason, n in (("malformed", 2), ("unsupported-type", 1), ("no-patient", 1)):
+    for reason, n in (("malformed", 2), ("framing", 1), ("unsupported-type", 1), ("no-patient", 1)):
         assert r.count("epic_bridge_hints_rejected_total", stage="listener", reason=reason) == n
 
 

@@ -23,6 +23,7 @@ from bridge.hints.hl7v2 import (
     read_hint,
 )
 from bridge.hints.model import Hint, HintSource
+from bridge.hints.service import build_listener, scanned_resources
 
 ALL = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
 NOW = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
@@ -220,3 +221,16 @@ def test_the_ack_uses_the_senders_delimiters() -> None:
     raw = build_ack(header, AckCode.ACCEPT, "EPIC-BRIDGE").decode()
     assert raw.startswith("MSH#^~\\&#EPIC-BRIDGE#LAB#EPIC#HOSP#")
     assert "\rMSA#AA#MSG00001\r" in raw
+
+
+def test_only_resources_the_bridge_polls_can_be_hinted(make_config: Any) -> None:
+    cfg = make_config(
+        resources={
+            "Patient": {"triggers": ["updated"]},
+            "Encounter": {"triggers": [], "actions": ["find"]},  # served, never polled
+            "Observation": {"enabled": False, "categories": ["laboratory"]},
+        }
+    )
+    assert scanned_resources(cfg) == ["Patient"]
+    r = build_listener(cfg, sink=None).rules  # type: ignore[arg-type]
+    assert dict(r.message_resources) == {"ADT": ("Patient",)}
