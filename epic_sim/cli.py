@@ -127,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as exc:
         raise SystemExit(f"epic-sim: {exc}") from None
     started = time.monotonic()
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except OSError as exc:  # e.g. a ground-truth file that cannot be written
+        raise SystemExit(f"epic-sim: {exc}") from None
     counts = app.sim.store.counts()
     print(
         f"epic-sim: {sum(counts.values())} resources ready in {time.monotonic() - started:.1f}s "

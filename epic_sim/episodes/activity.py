@@ -126,7 +126,15 @@ class EpisodeActivity:
                 continue
             planned = self.timetable.pop()
             self.lag_s = (self.clock.now() - planned.t) / max(self.clock.speed, 1e-9)
-            self.step(planned)
+            try:
+                self.step(planned)
+            except Exception:
+                # Data edited through the admin API can be anything; one change that cannot be made
+                # must not end the activity: log it, count it, go on.
+                self.counts["failed"] += 1
+                log.exception(
+                    "episodes: %s of %s failed; activity continues", planned.action, planned.episode
+                )
             await asyncio.sleep(0)  # let requests in between changes, even when catching up
 
     # --- one change -------------------------------------------------------------------------------
@@ -221,6 +229,7 @@ class EpisodeActivity:
             "changes": {s: self.counts[s] for s in sources},
             "by_type": {k: v for k, v in sorted(self.counts.items()) if "." in k},
             "skipped": self.counts["skipped"],
+            "failed": self.counts["failed"],
             "ground_truth": {"last_seq": self.truth.last_seq, "path": self.truth.path},
             "hl7": self.sender.stats() if self.sender else None,
         }

@@ -20,12 +20,14 @@ delimiters escaped and line breaks as `\\.br\\`.
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from epic_sim.seed import MRN_SYSTEM
+from epic_sim.timefmt import normalize_instant
 
 MRN_AUTHORITY = "EPI&" + MRN_SYSTEM.removeprefix("urn:oid:") + "&ISO"
 SENDING = ("EPIC", "EPICSIM")
@@ -53,7 +55,9 @@ class Hl7Message:
 
 
 def escape(value: Any) -> str:
-    text = "".join(_ESCAPES.get(c, c) for c in str(value))
+    # lone surrogates (valid in JSON, not in UTF-8) become "?" so that every message can be encoded
+    text = str(value).encode("utf-8", "replace").decode("utf-8")
+    text = "".join(_ESCAPES.get(c, c) for c in text)
     text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\.br\\")
     return "".join(c if c >= " " else " " for c in text)
 
@@ -66,8 +70,10 @@ def fhir_ts(value: Any) -> str:
     """A FHIR date or UTC dateTime as an HL7 DTM (empty when absent)."""
     if not isinstance(value, str) or not value:
         return ""
-    digits = "".join(c for c in value.split("+")[0].removesuffix("Z") if c.isdigit())
-    return digits + ("+0000" if "T" in value else "")
+    if "T" not in value:
+        return value.replace("-", "")
+    utc = normalize_instant(value)  # YYYY-MM-DDTHH:MM:SS.ffffffZ in UTC
+    return "" if utc is None else "".join(c for c in utc[:19] if c.isdigit()) + "+0000"
 
 
 def mrn_of(patient: dict[str, Any]) -> str | None:
@@ -228,7 +234,10 @@ def _note(note: dict[str, Any]) -> list[str]:
     code, display, system = _code(note.get("type"))
     number = str(int(hashlib.sha256(str(note.get("id")).encode()).hexdigest()[:12], 16))
     attachment = ((note.get("content") or [{}])[0]).get("attachment") or {}
-    text = base64.b64decode(attachment.get("data", "")).decode(errors="replace")
+    try:
+        text = base64.b64decode(attachment.get("data", "")).decode(errors="replace")
+    except (binascii.Error, TypeError):  # a note stored with a broken attachment: send it without text
+        text = ""
     return [
         _segment(
             "TXA",

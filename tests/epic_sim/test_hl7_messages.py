@@ -10,7 +10,7 @@ import hl7
 import pytest
 
 from epic_sim.episodes.changes import inpatient_encounter
-from epic_sim.hl7feed.messages import build_message, escape
+from epic_sim.hl7feed.messages import build_message, escape, fhir_ts
 from epic_sim.seed import MRN_SYSTEM, anchor_datetime, patient_bundle
 
 NOW = datetime(2026, 6, 1, 12, 30, 5, 123000, tzinfo=UTC)
@@ -114,3 +114,17 @@ def test_delimiters_in_text_are_escaped_and_survive_parsing(bundle: dict[str, li
 def test_no_message_for_a_patient_without_mrn(bundle: dict[str, list[dict[str, Any]]]) -> None:
     patient = {k: v for k, v in bundle["Patient"][0].items() if k != "identifier"}
     assert build_message(patient, "update", patient=patient, encounter=None, control_id="C2", now=NOW) is None
+
+
+def test_times_are_utc_and_odd_stored_data_still_makes_a_message(
+    bundle: dict[str, list[dict[str, Any]]],
+) -> None:
+    assert fhir_ts("2026-06-01T08:15:00-04:00") == "20260601121500+0000"
+    assert fhir_ts("2026-06-01T12:15:00Z") == "20260601121500+0000"
+    assert fhir_ts("1973-06-03") == "19730603"
+    patient = copy.deepcopy(bundle["Patient"][0])
+    patient["name"][0]["family"] = "Lone\ud800Surrogate"
+    note = dict(bundle["DocumentReference"][0], content=[{"attachment": {"data": "not base64!"}}])
+    _, parsed = _build(note, "update", patient)
+    assert str(parsed["PID.F5.R1.C1"]) == "Lone?Surrogate"
+    assert str(parsed["OBX.F5"]) == ""

@@ -288,3 +288,23 @@ def test_changes_to_a_deleted_patient_are_skipped(epic_sim_factory: Any) -> None
     stats = play(server, 9 * 3600, speed=7200)
     assert stats["skipped"] > 0
     assert all(r["patient_id"] != inpatient for r in ground_truth(server)[seen:])
+
+
+def test_a_change_that_fails_on_broken_data_is_counted_and_activity_goes_on(epic_sim_factory: Any) -> None:
+    server: SimServer = epic_sim_factory(patients=40, seed=4, activity_model="episodes", activity_speed=0)
+    broken = {"resourceType": "DocumentReference", "status": "current", "docStatus": "final"}  # no content
+    hours, stats = 0, {"failed": 0}
+    while stats["failed"] == 0:  # the hospital's side keeps storing notes the model cannot amend
+        assert hours < 96, "no amendment of a broken note in four simulated days"
+        for record in ground_truth(server):
+            if record["resource_type"] == "DocumentReference":
+                path = f"/admin/resources/DocumentReference/{record['resource_id']}"
+                assert (
+                    server.admin.put(path, json=dict(broken, subject={"reference": "Patient/x"})).status_code
+                    == 200
+                )
+        hours += 6
+        stats = play(server, hours * 3600, speed=7200)
+    seen = server.admin.get("/admin/activity").json()["total"]
+    after = play(server, (hours + 12) * 3600, speed=7200)
+    assert after["total"] > seen  # it kept going
