@@ -181,6 +181,11 @@ class StaticRoster(_Strict):
     patient_ids: list[str] = Field(default_factory=list, description="FHIR ids of the patients to scan")
     mrns: list[str] = Field(default_factory=list, description="MRNs, resolved to ids by identifier search")
     mrn_system: str | None = Field(default=None, description="identifier system of the MRNs")
+    mrn_retry_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds until an MRN that matched no patient (or several) is looked up again",
+    )
 
     @model_validator(mode="after")
     def _nonempty(self) -> StaticRoster:

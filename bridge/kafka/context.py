@@ -33,6 +33,12 @@ class KafkaSettings(BaseSettings):
     )
     state_dir: Path = Field(default=Path(".bridge-state"), description="local caches of the internal topics")
     topic_replication_factor: int = Field(default=-1, description="-1: the broker's default")
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of the internal topics the bridge creates (_offsets, _state, "
+        "_command-results); default: the cluster's",
+    )
 
 
 class KafkaContext:

@@ -145,11 +145,15 @@ async def backfill(
                     progress.events(events)
 
             async for resources, patient_done in _resources(connection, cfg, plan, seen, since, progress):
-                for resource in resources:
-                    if resource.get("resourceType") == resource_type and isinstance(resource.get("id"), str):
-                        pending[resource["id"]] = Change(
-                            resource, fingerprint(resource), patient_id_of(resource), Trigger.CREATED
-                        )
+                mine = {
+                    r["id"]: r
+                    for r in resources
+                    if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)
+                }
+                known = seen.lookup(cfg.name, resource_type, mine)  # their change counts go on
+                for rid, resource in mine.items():
+                    fp, pid = fingerprint(resource), patient_id_of(resource)
+                    pending[rid] = Change(resource, fp, pid, Trigger.CREATED, known.get(rid))
                 if len(pending) >= BATCH:
                     await flush()
                 if patient_done:

@@ -64,12 +64,12 @@ class SinkTopics:
             command_results_topic(prefix),
         )
 
-    def specs(self, replication_factor: int) -> list[TopicSpec]:
+    def specs(self, replication_factor: int, min_insync_replicas: int | None = None) -> list[TopicSpec]:
         return [
             *(TopicSpec(t, COMMAND_PARTITIONS, replication_factor) for t in self.commands),
             TopicSpec(self.results, COMMAND_PARTITIONS, replication_factor),
             TopicSpec(self.dlq, 1, replication_factor),
-            TopicSpec.compacted(self.ledger, 1, replication_factor),
+            TopicSpec.compacted(self.ledger, 1, replication_factor, min_insync_replicas),
         ]
 
 
@@ -116,7 +116,8 @@ async def run_sink(
     if not topics.commands:
         log.info("connection %s: no resource has actions enabled; the sink does not run", config.name)
         return
-    await asyncio.to_thread(ensure_topics, kafka.admin, topics.specs(kafka.settings.topic_replication_factor))
+    specs = topics.specs(kafka.settings.topic_replication_factor, kafka.settings.topic_min_insync_replicas)
+    await asyncio.to_thread(ensure_topics, kafka.admin, specs)
     producer = TransactionalProducer(kafka.config, kafka.transactional_id(config.name, "sink"))
     table = CompactedTable(kafka.config, topics.ledger, kafka.cache_path(f"{config.name}.command-results"))
     consumer: Consumer | None = None
