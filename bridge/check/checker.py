@@ -28,6 +28,7 @@ from bridge.auth.errors import (
     NotConnectedError,
     TokenEndpointError,
     TokenEndpointUnavailable,
+    UnsafeEndpointError,
 )
 from bridge.auth.keys import KeySet
 from bridge.auth.manager import BearerAuth, TokenManager
@@ -143,8 +144,13 @@ class Checker:
             doc = response.json()
             if not isinstance(doc, dict):
                 raise DiscoveryError(f"{url} did not answer a JSON object")
-            smart = SmartConfiguration.from_json(doc)
+            smart = SmartConfiguration.from_json(doc, url)
             self.step("smart-configuration", "ok", f"token endpoint {smart.token_endpoint}")
+        except UnsafeEndpointError as exc:
+            self.step("smart-configuration", "failed", exc.problem, exc.fix)
+            if cfg.auth.token_url is None:  # nothing else to get a token from
+                self.skip_resources("skipped", "no token endpoint the bridge may use")
+                return
         except (DiscoveryError, ValueError) as exc:
             if cfg.auth.token_url is not None:  # not needed: the endpoints are configured
                 self.step("smart-configuration", "skipped", f"{exc}; using the configured endpoints")

@@ -39,7 +39,9 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def _check_url(value: str, what: str, *, require_tls: bool = True) -> str:
+def check_url(value: str, what: str, *, require_tls: bool = True) -> str:
+    """The rule for every endpoint the bridge sends credentials or patient data to, configured or
+    discovered: an absolute https URL (plain http only on loopback), without credentials in it."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an absolute http(s) URL, got {value!r}")
@@ -86,7 +88,7 @@ class BackendServicesAuth(_Strict):
     @field_validator("token_url")
     @classmethod
     def _token_url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v, "token_url")
+        return None if v is None else check_url(v, "token_url")
 
     @model_validator(mode="after")
     def _kids(self) -> BackendServicesAuth:
@@ -133,7 +135,7 @@ class AuthorizationCodeAuth(_Strict):
     @field_validator("authorize_url", "token_url")
     @classmethod
     def _urls(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v, "endpoint URL")
+        return None if v is None else check_url(v, "endpoint URL")
 
     @model_validator(mode="after")
     def _client_auth(self) -> AuthorizationCodeAuth:
@@ -284,7 +286,7 @@ class ConnectionConfig(_Strict):
     @field_validator("fhir_base_url")
     @classmethod
     def _base(cls, v: str) -> str:
-        _check_url(v, "fhir_base_url")
+        check_url(v, "fhir_base_url")
         if urlsplit(v).query or urlsplit(v).fragment:
             raise ValueError("fhir_base_url must not have a query or fragment")
         return v if v.endswith("/") else v + "/"

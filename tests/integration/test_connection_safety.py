@@ -24,6 +24,7 @@ from connection_support import (
     store_of,
 )
 
+from bridge.auth.errors import UnsafeEndpointError
 from bridge.check import render, run_check
 from bridge.config.settings import BridgeSettings
 from bridge.connection import Connection
@@ -40,6 +41,12 @@ class Attacker:
             def do_GET(self) -> None:
                 seen.append(dict(self.headers))
                 self.send_response(200)
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                seen.append({**self.headers, "body": body.decode("utf-8", "replace")})
+                self.send_response(400)
                 self.end_headers()
 
             def log_message(self, *a: Any) -> None:
@@ -80,6 +87,89 @@ class ForeignNextLinks(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+THIEF = "token-thief.example"
+
+
+class HijackedDiscovery(httpx.AsyncBaseTransport):
+    """Between the bridge and the real simulator: the smart-configuration names a token or authorize
+    endpoint on another host over plain http (what a compromised proxy or a wrong server could answer).
+    Requests to that host reach the attacker's listener on loopback."""
+
+    def __init__(self, attacker_port: int, key: str) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._port = attacker_port
+        self._key = key
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == THIEF:
+            request.url = request.url.copy_with(host="127.0.0.1")
+            return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if not request.url.path.endswith("/.well-known/smart-configuration"):
+            return response
+        doc = json.loads(await response.aread())
+        doc[self._key] = f"http://{THIEF}:{self._port}{httpx.URL(doc[self._key]).path}"
+        return httpx.Response(200, json=doc)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize("key", ["token_endpoint", "authorization_endpoint"])
+async def test_a_discovered_plain_http_endpoint_is_refused_before_any_credential_goes_there(
+    epic_sim: Any, bridge_side: BridgeSide, key: str
+) -> None:
+    cfg = backend_connection(epic_sim, bridge_side, f"bridge-discovery-{key[:5]}")
+    attacker = Attacker()
+    port = attacker.server.server_address[1]
+    try:
+        with pytest.raises(UnsafeEndpointError) as refused:
+            async with await Connection.open(cfg, transport=HijackedDiscovery(port, key)) as conn:
+                await conn.tokens.get()  # the client assertion would go to the token endpoint
+    finally:
+        attacker.stop()
+    assert attacker.seen == []
+    message = str(refused.value)
+    assert f"http://{THIEF}:{port}" in message and "must use https" in message
+    assert "auth.token_url" in message if key == "token_endpoint" else "auth.authorize_url" in message
+
+
+async def test_with_a_configured_token_url_discovery_is_not_used(
+    epic_sim: Any, bridge_side: BridgeSide
+) -> None:
+    """The fix the error names: with auth.token_url set, an unsafe advertised endpoint is never read."""
+    cfg = backend_connection(epic_sim, bridge_side, "bridge-configured")
+    raw = json.loads((bridge_side.folder / f"{cfg.name}.json").read_text())
+    raw["auth"]["token_url"] = epic_sim.token_url
+    cfg = bridge_side.write_config(cfg.name, {k: v for k, v in raw.items() if k != "name"})
+    attacker = Attacker()
+    try:
+        transport = HijackedDiscovery(attacker.server.server_address[1], "token_endpoint")
+        async with await Connection.open(cfg, transport=transport) as conn:
+            assert (await conn.tokens.get()).access_token.get_secret_value()
+    finally:
+        attacker.stop()
+    assert attacker.seen == []
+
+
+async def test_check_names_a_discovered_plain_http_token_endpoint_and_the_fix(
+    epic_sim: Any, bridge_side: BridgeSide
+) -> None:
+    cfg = backend_connection(epic_sim, bridge_side, "bridge-check-discovery")
+    attacker = Attacker()
+    try:
+        transport = HijackedDiscovery(attacker.server.server_address[1], "token_endpoint")
+        report = await run_check(cfg, store=None, transport=transport)
+    finally:
+        attacker.stop()
+    assert attacker.seen == []
+    [row] = [r for r in report.steps if r.subject == "smart-configuration"]
+    assert row.status == "failed" and "must use https" in row.detail and THIEF in row.detail
+    assert row.fix is not None and "auth.token_url" in row.fix and "fhir_base_url" in row.fix
+    assert not any(r.subject == "token" and r.status == "ok" for r in report.steps)
+    assert report.resources and all(r.status == "skipped" for r in report.resources)
 
 
 @pytest.mark.parametrize("profile", ["epic", "generic"])
