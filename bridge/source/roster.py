@@ -17,6 +17,7 @@ from bridge.config.models import GroupRoster, RosterConfig, SeenPatientsRoster, 
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
 from bridge.fhir.errors import FHIRError
+from bridge.logs import error_text
 from bridge.source.fhir_values import items, mapping, reference_id
 from bridge.source.state import SeenStore
 
@@ -84,7 +85,9 @@ class StaticPatients:
             try:
                 pid = await self._resolve(mrn)
             except FHIRError as exc:  # one bad lookup must not stop the others; retried next cycle
-                log.warning("roster MRN #%d could not be resolved: %s", self._cfg.mrns.index(mrn), exc)
+                log.warning(
+                    "roster MRN #%d could not be resolved: %s", self._cfg.mrns.index(mrn), error_text(exc)
+                )
                 continue
             if pid is not None:
                 ids.add(pid)

@@ -4,6 +4,7 @@ authenticated run."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -29,6 +30,7 @@ from bridge.check import render, run_check
 from bridge.config.settings import BridgeSettings
 from bridge.connection import Connection
 from bridge.fhir.errors import CrossOriginLinkError
+from bridge.logs import log_handler, pseudonym
 
 
 class Attacker:
@@ -203,14 +205,20 @@ async def test_nothing_secret_in_logs(
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Everything logged at DEBUG by every logger (bridge, httpx, httpcore, asyncio, the in-process
     simulator) and everything printed, during authenticated runs of both grants, refreshes, 401s, retries
-    and `check`."""
+    and `check`. The lines the bridge's own handler writes carry no patient id either (see also
+    test_logs_patient_data.py)."""
     from rich.console import Console
 
     sim = epic_sim
     caplog.set_level(logging.DEBUG)  # root: every logger
+    bridge_lines = io.StringIO()
+    handler = log_handler("json", bridge_lines)
+    logging.getLogger().addHandler(handler)
+    request.addfinalizer(lambda: logging.getLogger().removeHandler(handler))
     for name in ("httpx", "httpcore", "bridge", "epic_sim", "asyncio"):
         logging.getLogger(name).setLevel(logging.DEBUG)
     secrets: dict[str, str] = {"client secret": SECRET}
@@ -249,3 +257,8 @@ async def test_nothing_secret_in_logs(
     for fragment in pem_fragments(key_pem):
         assert fragment not in text, "private key material leaked into the logs"
     assert "client_assertion=" not in text and "eyJ" not in text  # no signed assertion or JWT-shaped token
+    written = bridge_lines.getvalue()
+    assert f"Patient/{pseudonym(patient_id)}" in written  # the reads were logged, the id pseudonymised
+    assert patient_id not in written
+    for what, value in secrets.items():
+        assert value not in written, f"{what} in the bridge's log lines"
