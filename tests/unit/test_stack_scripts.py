@@ -21,20 +21,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "-Dstack.service=kafka"
-# The loop stack/up had: a service whose command line lacks the marker counts as exited.
+# The loop stack/up had: while the service does not answer yet, one whose command line lacks the marker
+# counts as exited.
 OLD_START_WAIT = """
-until running_pid kafka "$MARKER" >/dev/null; do
+waited=0
+until [ "$waited" -ge 6 ]; do
     running_pid kafka "$MARKER" >/dev/null || die "Kafka exited during start-up"
     sleep 1
+    waited=$((waited + 1))
 done
 """
 # How stack/up looked for the broker's "started" line.
 OLD_LOG_WAIT = 'tail -n "+1" "$LOG" 2>/dev/null | grep -q "Kafka Server started"'
 # A service start as stack/up does it: a shell is forked, and only a moment later execs the real
-# command line (here after a second, so the window is wide enough to hit every time).
+# command line (here after three seconds, so the window is wide enough to hit every time).
 START_SLOWLY = f"""
 mkdir -p "$RUN_DIR"
-M={MARKER} bash -c 'sleep 1; exec "{sys.executable}" -c "import time; time.sleep(30)" "$M"' &
+M={MARKER} bash -c 'sleep 3; exec "{sys.executable}" -c "import time; time.sleep(30)" "$M"' &
 pid=$!
 echo "$pid" >"$RUN_DIR/kafka.pid"
 trap 'kill "$pid" 2>/dev/null || true' EXIT
