@@ -164,7 +164,11 @@ def test_changes_are_visible_on_epic_shaped_searches(
     window = {"date": f"ge{today}"}
     assert visit["resource_id"] in search_ids(fhir, "Appointment", patient=visit["patient_id"], **window)
     for rtype, category in (("Observation", "vital-signs"), ("Encounter", None), ("DocumentReference", None)):
-        created = [r for r in records if r["resource_type"] == rtype and r["kind"] == "create"]
+        created = [
+            r
+            for r in records
+            if r["resource_type"] == rtype and r["kind"] == "create" and category in (None, r["category"])
+        ]
         params = {"patient": created[-1]["patient_id"], **window} | (
             {"category": category} if category else {}
         )
