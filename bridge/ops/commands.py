@@ -49,6 +49,9 @@ def _criteria(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_send(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    import dataclasses
+
+    from bridge.client import ClientError
     from bridge.ops.send import build_command, send_and_wait
 
     cfg = load_connection(settings.config_dir, args.connection)
@@ -57,24 +60,26 @@ def cmd_send(args: argparse.Namespace, settings: BridgeSettings) -> int:
         text = sys.stdin.read() if args.resource_json == "-" else Path(args.resource_json).read_text()
         resource = json.loads(text)
     command = build_command(
-        args.action, command_id=args.command_id, resource=resource, criteria=_criteria(args.criteria or [])
+        args.resource_type,
+        args.action,
+        command_id=args.command_id,
+        resource=resource,
+        criteria=_criteria(args.criteria or []),
     )
-    print(
-        f"sent {args.action} {args.resource_type} as command {command['command_id']}, waiting for its result"
-    )
-    result = send_and_wait(
-        _kafka(settings), cfg.topic_prefix, cfg.name, args.resource_type, command, args.key, args.timeout
-    )
+    print(f"sent {args.action} {args.resource_type} as command {command.command_id}, waiting for its result")
+    try:
+        result = send_and_wait(_kafka(settings), cfg.topic_prefix, cfg.name, command, args.key, args.timeout)
+    except ClientError as exc:
+        print(f"epic-bridge send: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if result is None:
         print(
             f"no result within {args.timeout:.0f}s (is `epic-bridge run` serving this connection?)",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    for field in ("received_at", "completed_at"):
-        result[field] = str(result.get(field))
-    print(json.dumps(result, indent=2, default=str))
-    return EXIT_OK if result["status"] in ("SUCCEEDED", "NOT_FOUND") else EXIT_FAILED
+    print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace, settings: BridgeSettings) -> int:
