@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
@@ -72,11 +72,21 @@ class CommandClient:
                 f"topic {topic} does not exist yet (the bridge creates the results topic when it starts "
                 "serving the connection; a reply topic must be created first)"
             )
-        ends = []
-        for partition in metadata.partitions:
-            _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout_s)
-            ends.append(TopicPartition(topic, partition, high))
+        deadline = time.monotonic() + timeout_s
+        ends = [TopicPartition(topic, p, self._end_offset(topic, p, deadline)) for p in metadata.partitions]
         self._consumer.assign(ends)
+
+    def _end_offset(self, topic: str, partition: int, deadline: float) -> int:
+        # A topic created a moment ago may not have its partition leaders yet: that error is retriable.
+        while True:
+            try:
+                remaining = max(0.1, deadline - time.monotonic())
+                _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), remaining)
+                return int(high)
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def send(self, command: Command, key: str | None = None) -> str:
         """Produce the command (waiting until Kafka has it); returns its command id.
@@ -99,11 +109,16 @@ class CommandClient:
         )
         if self._producer.flush(30) > 0 or failures:
             raise ClientError(f"command {command.command_id} was not delivered: {failures or 'timed out'}")
-        self._waiting.add(command.command_id)
+        self.expect(command.command_id)
         return command.command_id
 
+    def expect(self, command_id: str) -> None:
+        """Also collect the result of a command sent by other means after this client was created
+        (e.g. a dead letter replayed with `DeadLetter.replay`)."""
+        self._waiting.add(command_id)
+
     def result(self, command_id: str, timeout_s: float = 60.0) -> CommandResult:
-        """Wait for the result of a command sent by this client."""
+        """Wait for the result of a command sent by this client (or announced with `expect`)."""
         deadline = time.monotonic() + timeout_s
         while command_id not in self._arrived:
             remaining = deadline - time.monotonic()
