@@ -24,6 +24,12 @@ from bridge.client.topics import Topics
 from bridge.kafka.topics import TopicSpec, ensure_topics
 
 REPLY_TOPIC_PARTITIONS = 3
+# What a topic created a moment ago answers until its partition leaders are elected (not flagged retriable).
+_NO_LEADER_YET = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+}
 
 
 class CommandClient:
@@ -77,14 +83,15 @@ class CommandClient:
         self._consumer.assign(ends)
 
     def _end_offset(self, topic: str, partition: int, deadline: float) -> int:
-        # A topic created a moment ago may not have its partition leaders yet: that error is retriable.
         while True:
             try:
                 remaining = max(0.1, deadline - time.monotonic())
                 _low, high = self._consumer.get_watermark_offsets(TopicPartition(topic, partition), remaining)
                 return int(high)
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > deadline:
+                error: KafkaError = exc.args[0]
+                passing = error.retriable() or error.code() in _NO_LEADER_YET
+                if not passing or time.monotonic() > deadline:
                     raise
                 time.sleep(0.2)
 
