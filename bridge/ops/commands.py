@@ -196,6 +196,25 @@ def _credential_store(settings: BridgeSettings, cfg: Any) -> Any:
 RESOURCES = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
 
 
+def cmd_asyncapi(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    from bridge.ops.asyncapi import render
+
+    text = render()
+    if args.check:
+        current = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date: run `epic-bridge asyncapi --out {args.out}`", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{args.out} is up to date")
+        return EXIT_OK
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return EXIT_OK
+
+
 def add_ops_commands(sub: Any) -> None:
     c = sub.add_parser("tail", help="watch a connection's events, decoded through the registry")
     c.add_argument("connection")
@@ -226,6 +245,11 @@ def add_ops_commands(sub: Any) -> None:
         "--since", help="only what changed (or is dated) since this day, YYYY-MM-DD, where supported"
     )
     c.set_defaults(func=cmd_backfill)
+
+    c = sub.add_parser("asyncapi", help="write the AsyncAPI 3 document of the bridge's topics")
+    c.add_argument("--out", default="docs/asyncapi.yaml", help="file to write ('-': standard output)")
+    c.add_argument("--check", action="store_true", help="only check that --out is up to date (exit 1 if not)")
+    c.set_defaults(func=cmd_asyncapi)
 
     c = sub.add_parser("reset-cursor", help="make a poll task start over (stop the bridge first)")
     c.add_argument("connection")
