@@ -1,8 +1,8 @@
 """Dead-letter records as typed objects.
 
-A record on `<prefix>.<connection>.dlq` is the original record, bytes untouched, with `dlq.*` headers
-saying what was wrong with it and where it came from, so it can be fixed and produced again. The header
-names below are the contract; a test checks them against what the bridge's sink writes.
+A record on `<prefix>.<connection>.dlq` is the original record (a command, or a hint), bytes untouched,
+with `dlq.*` headers saying what was wrong with it and where it came from, so it can be fixed and produced
+again. The header names below are the contract; a test checks them against what the bridge writes.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ CONNECTION = "dlq.connection"
 AT = "dlq.at"
 HEADERS = (REASON, MESSAGE, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, CONNECTION, AT)
 
-# The reasons the sink gives (dlq.error.reason); new ones may be added, so treat others as opaque.
-REASONS = ("oversized", "empty", "undecodable", "unknown-schema", "missing-field")
+# The reasons the bridge gives (dlq.error.reason) for commands and for hints; new ones may be added, so
+# treat others as opaque.
+REASONS = ("oversized", "empty", "undecodable", "unknown-schema", "missing-field", "invalid-hint")
 
 
 @dataclass(frozen=True)

@@ -100,17 +100,8 @@ def _per_resource(kind: str, title: str, key: str) -> Callable[[], dict[str, dic
     return messages
 
 
-def _results() -> dict[str, dict[str, Any]]:
-    where = "Also on a command's reply_topic."
-    return {
-        "CommandResult": _avro(
-            "CommandResult",
-            "The one result of one command",
-            where,
-            "The command's key.",
-            "command_result.avsc",
-        )
-    }
+def _one(name: str, title: str, summary: str, key: str, schema_file: str) -> Callable[[], dict[str, Any]]:
+    return lambda: {name: _avro(name, title, summary, key, schema_file)}
 
 
 def _internal(name: str, title: str, key: str, value: str) -> Callable[[], dict[str, dict[str, Any]]]:
@@ -126,7 +117,7 @@ def _dead_letters() -> dict[str, dict[str, Any]]:
     return {
         "DeadLetter": {
             "name": "DeadLetter",
-            "title": "A command record the sink could not tie to a command id",
+            "title": "A command or hint record the bridge could not handle",
             "summary": "The original record, bytes untouched, to be fixed and produced again.",
             "contentType": "application/octet-stream",
             "headers": {"type": "object", "required": list(headers), "properties": headers},
@@ -165,14 +156,36 @@ CHANNELS: dict[str, ChannelInfo] = {
         "Command results",
         "One result per command, keyed like the command, written in the same transaction as the commands' "
         "offsets. A command's reply_topic can name another topic for its result.",
-        _results,
+        _one(
+            "CommandResult",
+            "The one result of one command",
+            "Also on a command's reply_topic.",
+            "The command's key.",
+            "command_result.avsc",
+        ),
         bridge_sends=True,
     ),
     "dlq_topic": ChannelInfo(
         "Dead letters",
-        "Command records that cannot be tied to a command id (undecodable, unknown schema, no id, too big).",
+        "Command records that cannot be tied to a command id (undecodable, unknown schema, no id, too big), "
+        "and hint records that cannot be read as a hint.",
         _dead_letters,
         bridge_sends=True,
+    ),
+    "hints_topic": ChannelInfo(
+        "Change hints",
+        "This patient's data probably changed: scan it soon. Written by other systems, and by the bridge's "
+        "HL7v2 (MLLP) listener; read by the bridge, which only ever scans because of a hint (events still "
+        "come from what the FHIR reads return).",
+        _one(
+            "Hint",
+            "Scan this patient soon",
+            "From other systems or the HL7v2 listener.",
+            "The patient id or MRN (a patient's hints stay in order).",
+            "hint.avsc",
+        ),
+        bridge_sends=True,
+        bridge_receives=True,
     ),
     "offsets_topic": ChannelInfo(
         "Poll cursors (internal)",

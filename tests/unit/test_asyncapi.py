@@ -42,15 +42,15 @@ def test_every_topic_function_is_a_channel_with_its_parameters() -> None:
 
 
 def test_a_topic_function_added_to_topics_py_becomes_a_channel(monkeypatch: pytest.MonkeyPatch) -> None:
-    def hints_topic(prefix: str, connection: str) -> str:
-        """Push hints: a hint only ever causes a scan."""
-        return f"{prefix}.{connection}.hints"
+    def sample_feed_topic(prefix: str, connection: str) -> str:
+        """A feed only this test knows."""
+        return f"{prefix}.{connection}.sample-feed"
 
-    hints_topic.__module__ = topics.__name__
-    monkeypatch.setattr(topics, "hints_topic", hints_topic, raising=False)
-    channel = asyncapi.document()["channels"]["hints"]
-    assert channel["address"] == "{prefix}.{connection}.hints"
-    assert channel["description"].startswith("Push hints: a hint only ever causes a scan.")
+    sample_feed_topic.__module__ = topics.__name__
+    monkeypatch.setattr(topics, "sample_feed_topic", sample_feed_topic, raising=False)
+    channel = asyncapi.document()["channels"]["sampleFeed"]
+    assert channel["address"] == "{prefix}.{connection}.sample-feed"
+    assert channel["description"].startswith("A feed only this test knows.")
     assert set(channel["parameters"]) == {"prefix", "connection"}
 
 

@@ -33,6 +33,8 @@ from bridge.client import (
     ensure,
     find,
 )
+from bridge.hints.decode import BadHint, BadHintReason, RawHint
+from bridge.hints.decode import dead_letter_headers as dead_letter_headers_of_hints
 from bridge.kafka import topics as names
 from bridge.sink.decode import DeadLetter as SinkDeadLetter
 from bridge.sink.decode import DeadLetterReason
@@ -202,7 +204,11 @@ def test_dead_letter_headers_are_the_ones_the_sink_writes() -> None:
     error = SinkDeadLetter(DeadLetterReason.UNDECODABLE, "not in Confluent wire format")
     headers = dead_letter_headers(error, Source("epic.c.patient.commands", 2, 41, b"key"), "c")
     assert [name for name, _ in headers] == list(dlq.HEADERS)
-    assert {r.value for r in DeadLetterReason} == set(dlq.REASONS)
+    bad_hint = dead_letter_headers_of_hints(
+        RawHint("h", 0, 1, None, None), BadHint(BadHintReason.EMPTY, "x"), "c"
+    )
+    assert [name for name, _ in bad_hint] == list(dlq.HEADERS)
+    assert {r.value for r in DeadLetterReason} | {r.value for r in BadHintReason} == set(dlq.REASONS)
     letter = DeadLetter.from_parts(b"key", b"\x01garbage", [*headers, ("trace-id", b"abc")])
     assert (letter.reason, letter.source_topic, letter.source_partition, letter.source_offset) == (
         "undecodable", "epic.c.patient.commands", 2, 41,
