@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
-from bridge.client import CommandResult, Event, EventDecoder, ResultDecoder, Topics
+from bridge.client import CommandResult, Event, EventDecoder, NotAnEvent, ResultDecoder, Topics
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -111,8 +111,13 @@ class Records:
         return found
 
     def events(self, topic: str) -> list[Event]:
+        """The bridge's events on the topic (records that are no event are left out)."""
         decode = EventDecoder(self.registry)
-        return [decode(m.value(), topic) for m in self.raw(topic)]
+        found = []
+        for message in self.raw(topic):
+            with contextlib.suppress(NotAnEvent):
+                found.append(decode(message.value(), topic))
+        return found
 
     def commands(self, topic: str, committed: bool = True) -> list[dict[str, Any]]:
         from confluent_kafka.schema_registry.avro import AvroDeserializer

@@ -7,6 +7,8 @@ sent twice although the app is SIGKILLed in the middle of its first transaction 
 from __future__ import annotations
 
 import datetime as dt
+import subprocess
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 from apps_support import App, BridgeRun, Records, wait_until
+from confluent_kafka import Producer
 
 from bridge.client import Effect, Event, Status, Trigger, command_id_for
 
@@ -87,6 +90,10 @@ def test_workflow_end_to_end_with_a_restart_mid_transaction(
             c for c in records.commands(commands_topic, committed) if c["command_id"].startswith(case.name)
         ]
 
+    # A record on the event topic that is no bridge event: the app skips it with a warning.
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(events_topic, key=b"junk", value=b"\x07 not an event")
+    assert producer.flush(10) == 0
     try:
         # First run: a long transaction, killed as soon as its first commands are in the log.
         app.start("--commit-interval", "60")
@@ -106,6 +113,16 @@ def test_workflow_end_to_end_with_a_restart_mid_transaction(
                    lambda: f"{app.text()[-3000:]}\n{bridge_run.log_tail()}")  # fmt: skip
         wait_until(lambda: all(f"RESULT {e.reference}" in app.text() for e in expected.values()),
                    "the app printing every result", 60, app.text)  # fmt: skip
+        assert app.stop() == 0, app.text()[-2000:]
+        assert "skipped a record that does not decode" in app.text()
+
+        # Third run: it continues where it stopped, so it sends nothing again.
+        before = len(app.text())
+        app.start("--commit-interval", "1")
+        wait_until(lambda: "reading" in app.text()[before:], "the app's start", 60, app.text)
+        time.sleep(8)
+        assert app.stop() == 0
+        assert " ->  " not in app.text()[before:], app.text()[before:]
     finally:
         app.stop()
 
@@ -133,3 +150,17 @@ def test_workflow_end_to_end_with_a_restart_mid_transaction(
             mirror = result.resources[0]
             assert {"system": MIRROR_SYSTEM, "value": event.resource_id} in mirror["identifier"]
             assert mirror["name"][0]["family"] == event.resource["name"][0]["family"]
+
+
+def test_an_app_refuses_to_start_before_the_bridge_created_its_topics(
+    apps_python: Path, kafka_bootstrap: str, registry_url: str, tmp_path: Path
+) -> None:
+    prefix = f"none{uuid.uuid4().hex[:8]}"
+    started = subprocess.run(
+        [str(apps_python), "-m", "examples", "appointment_find", "--bootstrap", kafka_bootstrap,
+         "--registry", registry_url, "--prefix", prefix],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert started.returncode == 1
+    assert f"missing topics ['{prefix}.local-sim.appointment.events'" in started.stderr
+    assert "start the bridge first" in started.stderr
