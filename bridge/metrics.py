@@ -92,6 +92,36 @@ class Metrics:
             ["connection"],
             registry=r,
         )
+        self.budget_requests = Counter(
+            "epic_bridge_budget_requests_total",
+            "Requests let through by the connection's request budget, by priority class",
+            ["connection", "priority"],
+            registry=r,
+        )
+        self.budget_wait = Counter(
+            "epic_bridge_budget_wait_seconds_total",
+            "Time requests waited for the request budget, by priority class",
+            ["connection", "priority"],
+            registry=r,
+        )
+        self.budget_available = Gauge(
+            "epic_bridge_budget_available_requests_per_second",
+            "Requests/s left for a class once the classes above it took their recent use",
+            ["connection", "priority"],
+            registry=r,
+        )
+        self.budget_day_remaining = Gauge(
+            "epic_bridge_budget_day_remaining_requests",
+            "Requests left in today's (UTC) cap, where one is configured",
+            ["connection"],
+            registry=r,
+        )
+        self.budget_over_day = Counter(
+            "epic_bridge_budget_over_day_requests_total",
+            "Interactive requests let through after the day's cap was spent",
+            ["connection"],
+            registry=r,
+        )
         self.token_refreshes = Counter(
             "epic_bridge_token_refreshes_total",
             "Access token requests",

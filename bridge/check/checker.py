@@ -45,8 +45,9 @@ from bridge.check.fixes import (
 from bridge.check.report import CheckReport, CheckRow, Status
 from bridge.config.models import AuthorizationCodeAuth, BackendServicesAuth, ConnectionConfig, GroupRoster
 from bridge.config.secrets import SecretResolutionError
-from bridge.connection import http_client, key_set, rate_limiter, token_source
+from bridge.connection import http_client, key_set, request_budget, token_source
 from bridge.credentials import CredentialStore, CredentialStoreError
+from bridge.fhir.budget import Priority
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
 from bridge.fhir.errors import (
@@ -218,7 +219,8 @@ class Checker:
             http=http,
             auth=BearerAuth(manager, cfg.fhir_base_url),
             client_id=cfg.auth.client_id,
-            limiter=rate_limiter(cfg),
+            budget=request_budget(cfg, tool=True),  # the tools' share, beside a running bridge
+            priority=Priority.INTERACTIVE,
             retry=RetryPolicy(max_attempts=2, base_delay_s=0.2),
         )
         try:

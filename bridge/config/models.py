@@ -215,7 +215,8 @@ RosterConfig = Annotated[StaticRoster | GroupRoster | SeenPatientsRoster, Field(
 
 
 class RateLimitConfig(_Strict):
-    """Requests to Epic per second, shared by the pollers and actions of the connection."""
+    """The connection's request budget: requests to Epic per second (and per day), shared by everything
+    that talks to Epic for the connection; the sink's commands go first, then scans, then bulk work."""
 
     requests_per_second: float = Field(
         default=10.0, gt=0, le=1000, description="steady rate shared by everything on this connection"
@@ -223,6 +224,19 @@ class RateLimitConfig(_Strict):
     burst: int = Field(default=10, ge=1, le=1000, description="requests allowed at once above the rate")
     min_requests_per_second: float = Field(default=0.5, gt=0, description="floor when slowed down by 429s")
     recovery_s: float = Field(default=60.0, gt=0, description="time to climb back to the full rate")
+    requests_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap per calendar day (UTC); scans are spread over the day, and once it is spent only "
+        "the sink's commands and `epic-bridge check` still go (None: no daily cap)",
+    )
+    tools_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of the rate (and day cap) kept for standalone tools (`check`, `backfill`) run "
+        "beside the bridge: the bridge uses the rest, a tool this share, so together they stay within it",
+    )
 
 
 class TimeoutConfig(_Strict):

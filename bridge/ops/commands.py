@@ -169,7 +169,7 @@ def cmd_backfill(args: argparse.Namespace, settings: BridgeSettings) -> int:
                         task, advance=1, description=f"{cfg.name}/{rtype}: {events} events"
                     ),
                 )
-                async with await Connection.open(cfg, store=store) as connection:
+                async with await Connection.open(cfg, store=store, tool=True) as connection:
                     return await job.backfill(
                         cfg, rtype, _kafka(settings), connection, since=since, progress=progress
                     )

@@ -17,6 +17,7 @@ from confluent_kafka import Consumer
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
+from bridge.fhir.budget import Priority
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import (
@@ -152,10 +153,10 @@ async def run_sink(
             producer=producer,
             ledger=CommandLedger(table, config.name),
             registry=kafka.registry,
-            # Same pool, token manager and rate limiter as the connection; retries are the executor's
-            # (it knows each command's deadline and never repeats a create blindly).
+            # Same pool, token manager and request budget as the connection (commands go first in it);
+            # retries are the executor's (it knows each command's deadline and never repeats a create).
             executor=FHIRExecutor(
-                connection.fhir_client(retry=RetryPolicy(max_attempts=1)),
+                connection.fhir_client(priority=Priority.INTERACTIVE, retry=RetryPolicy(max_attempts=1)),
                 config,
                 capabilities=connection.fhir.capabilities,
             ),

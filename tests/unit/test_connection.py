@@ -39,7 +39,7 @@ async def test_open_discovers_the_token_url_and_shares_one_pool(
         await conn.fhir.read("Patient", "p")
         other = conn.fhir_client(retry=RetryPolicy(max_attempts=1))
         await other.read("Patient", "p")
-        assert other.limiter is conn.fhir.limiter  # one rate limiter per connection
+        assert other.budget is conn.fhir.budget  # one request budget per connection
     paths = [r.url.path for r in seen]
     assert paths.count("/interconnect-fhir-oauth/oauth2/token") == 1  # one token for both clients
     assert [r.headers.get("Authorization") for r in seen if r.url.path.endswith("/Patient/p")] == [
