@@ -35,6 +35,8 @@ import math
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from bridge.config.source import SourceConfig
+
 Mode = Literal["adaptive", "uniform"]
 
 _LN2 = math.log(2.0)
@@ -60,6 +62,18 @@ class Policy:
             raise ValueError("need 0 < min_interval_s <= max_staleness_s")
         if self.half_life_s <= 0 or self.prior_changes <= 0 or self.prior_exposure_s <= 0:
             raise ValueError("half_life_s, prior_changes and prior_exposure_s must be > 0")
+
+    @classmethod
+    def from_config(cls, source: SourceConfig, units_per_patient: int) -> Policy:
+        return cls(
+            mode=source.schedule,
+            min_interval_s=source.min_interval_s,
+            max_staleness_s=source.max_staleness_s,
+            half_life_s=source.change_rate_half_life_s,
+            full_scan_interval_s=source.full_scan_interval_s,
+            date_overlap_s=source.date_window_overlap_s,
+            units_per_patient=units_per_patient,
+        )
 
     def decay(self, elapsed_s: float) -> float:
         return math.exp(-_LN2 * max(0.0, elapsed_s) / self.half_life_s)

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
+from test_plan import EPIC, GENERIC
 
+from bridge.config import ConnectionConfig
+from bridge.source.plan import plan_resource
+from bridge.source.schedule.codec import UnitKind
+from bridge.source.schedule.kinds import unit_searches
 from bridge.source.schedule.policy import (
     PatientState,
     Policy,
@@ -134,3 +140,34 @@ def test_bad_policies_are_refused() -> None:
         Policy(min_interval_s=100, max_staleness_s=50)
     with pytest.raises(ValueError):
         Policy(half_life_s=0)
+
+
+def test_the_units_are_the_per_patient_searches_windowed_where_date_is_listed(
+    make_config: Callable[..., ConnectionConfig],
+) -> None:
+    on = ["created", "updated"]
+    cfg = make_config(
+        resources={
+            "Patient": {"triggers": on},
+            "Observation": {"triggers": on, "categories": ["vital-signs", "laboratory"]},
+            "Encounter": {"triggers": on},
+        }
+    )
+    plans = [plan_resource(cfg, EPIC, r) for r in ("Patient", "Observation", "Encounter")]
+    searches = unit_searches(plans, EPIC, cfg.source)
+    assert set(searches) == {
+        UnitKind("Patient"),
+        UnitKind("Observation", "vital-signs"),
+        UnitKind("Observation", "laboratory"),
+        UnitKind("Encounter"),
+    }
+    assert searches[UnitKind("Observation", "laboratory")].variant == (("category", "laboratory"),)
+    assert [k.label for k, s in sorted(searches.items()) if s.windowed] == [
+        "Encounter",
+        "Observation/laboratory",
+        "Observation/vital-signs",
+    ]
+    off = cfg.source.model_copy(update={"incremental_scans": False})
+    assert not any(s.windowed for s in unit_searches(plans, EPIC, off).values())
+    generic = [plan_resource(cfg, GENERIC, r) for r in ("Observation", "Encounter")]
+    assert unit_searches(generic, GENERIC, cfg.source) == {}  # one _lastUpdated search: no schedule
