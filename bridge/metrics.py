@@ -60,6 +60,37 @@ class Metrics:
             registry=r,
         )
 
+        self.schedule_units = Gauge(
+            "epic_bridge_schedule_units",
+            "Units (patient x resource x category) in a connection's scan schedule",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_overdue = Gauge(
+            "epic_bridge_schedule_overdue_units",
+            "Units of the scan schedule past their due time",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_most_overdue = Gauge(
+            "epic_bridge_schedule_most_overdue_seconds",
+            "How long the most overdue unit of the scan schedule has been due",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_stalest = Gauge(
+            "epic_bridge_schedule_stalest_seconds",
+            "Age of the oldest scan of any unit (at most max_staleness_s when the budget allows)",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_overcommitted = Gauge(
+            "epic_bridge_schedule_overcommitted",
+            "1 when the request budget cannot scan every unit once per max_staleness_s",
+            ["connection"],
+            registry=r,
+        )
+
         # -- FHIR client ----------------------------------------------------------------------
         self.fhir_requests = Counter(
             "epic_bridge_fhir_requests_total",

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 from bridge.kafka.table import Write
 from bridge.kafka.transactions import TransactionalProducer
+from bridge.metrics import Metrics
 from bridge.source.schedule.codec import (
     Keys,
     UnitKind,
@@ -73,6 +74,13 @@ class ScheduleStats:
     scale_s: float
     overcommitted: bool
     budget_rate: float
+
+    def record(self, metrics: Metrics, connection: str) -> None:
+        metrics.schedule_units.labels(connection).set(self.queue.units)
+        metrics.schedule_overdue.labels(connection).set(self.queue.overdue)
+        metrics.schedule_most_overdue.labels(connection).set(self.queue.most_overdue_s)
+        metrics.schedule_stalest.labels(connection).set(self.queue.stalest_s)
+        metrics.schedule_overcommitted.labels(connection).set(1 if self.overcommitted else 0)
 
 
 class Scheduler:

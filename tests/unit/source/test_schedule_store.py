@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.metrics import Metrics
 from bridge.source.schedule.codec import UnitKind, decode_member, decode_unit, member_key
 from bridge.source.schedule.policy import Policy, ScanOutcome
 from bridge.source.schedule.scheduler import DueScan, Scheduler
@@ -192,3 +193,9 @@ async def test_stats_report_depth_overdue_and_staleness(tmp_path: Path) -> None:
     assert stats.queue.units == 6 and stats.queue.overdue == 4
     assert stats.queue.most_overdue_s == 600.0 and stats.queue.stalest_s == 600.0
     assert stats.budget_rate == 0.01 and stats.scale_s == s.scale.u
+    metrics = Metrics()
+    stats.record(metrics, "c")
+    sample = metrics.registry.get_sample_value
+    assert sample("epic_bridge_schedule_overdue_units", {"connection": "c"}) == 4
+    assert sample("epic_bridge_schedule_stalest_seconds", {"connection": "c"}) == 600.0
+    assert sample("epic_bridge_schedule_overcommitted", {"connection": "c"}) == 0
