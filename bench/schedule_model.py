@@ -146,7 +146,13 @@ async def _roster(patients: int) -> AsyncIterator[str]:
 
 
 async def simulate(mode: Mode, args: argparse.Namespace, changes: list[Change], folder: Path) -> Result:
-    policy = Policy(mode=mode, units_per_patient=len(KINDS), max_staleness_s=args.max_staleness_s)
+    policy = Policy(
+        mode=mode,
+        units_per_patient=len(KINDS),
+        max_staleness_s=args.max_staleness_s,
+        half_life_s=args.half_life_h * 3600,
+        prior_changes=args.prior_changes,
+    )
     store = ScheduleStore.open({}, "model._schedule", folder / f"{mode}.db")
     scheduler = Scheduler(store, CONNECTION, KINDS, policy, lambda: float(args.rate), windowed=WINDOWED)
     async for writes in scheduler.sync_roster(_roster(args.patients), 0.0):
@@ -219,6 +225,8 @@ def main() -> None:
     parser.add_argument("--warmup-hours", type=float, default=2.0)
     parser.add_argument("--max-staleness-s", type=float, default=DAY)
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--half-life-h", type=float, default=Policy.half_life_s / 3600)
+    parser.add_argument("--prior-changes", type=float, default=Policy.prior_changes)
     parser.add_argument("--policy", default="uniform,adaptive")
     args = parser.parse_args()
     end = (args.warmup_hours + args.hours) * 3600

@@ -51,7 +51,7 @@ class Policy:
     min_interval_s: float = 60.0
     max_staleness_s: float = 86_400.0
     half_life_s: float = 6 * 3600.0
-    prior_changes: float = 0.1  # a0
+    prior_changes: float = 0.05  # a0
     prior_exposure_s: float = 3 * 3600.0  # b0: a0/b0 is the rate of a patient never seen to change
     full_scan_interval_s: float = 86_400.0
     date_overlap_s: float = 86_400.0
