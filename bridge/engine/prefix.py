@@ -126,12 +126,12 @@ class PrefixEngine:
 
     def _start(self) -> None:
         settings = self.kafka.settings
-        rf = settings.topic_replication_factor
+        rf, isr = settings.topic_replication_factor, settings.topic_min_insync_replicas
         ensure_topics(
             self.kafka.admin,
             [
-                *internal_topic_specs(self.prefix, settings.internal_topic_partitions, rf),
-                *(TopicSpec.compacted(tasks_topic(self.prefix, c.name), 1, rf) for c in self.configs),
+                *internal_topic_specs(self.prefix, settings.internal_topic_partitions, rf, isr),
+                *(TopicSpec.compacted(tasks_topic(self.prefix, c.name), 1, rf, isr) for c in self.configs),
             ],
         )
         self.tables = tables = InternalTables.open(self.kafka, self.prefix)

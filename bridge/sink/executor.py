@@ -25,11 +25,12 @@ from typing import Any
 from bridge.config.models import ConnectionConfig
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
+from bridge.logs import pseudonym
 from bridge.sink import appointments
 from bridge.sink.builders import Invalid, build, check_for_server
 from bridge.sink.calls import AmbiguousCreate, Backoff, CommandCalls, Sleep
 from bridge.sink.criteria import UnsupportedCriteria, check_criteria
-from bridge.sink.failures import Failure, GiveUp
+from bridge.sink.failures import Failure, GiveUp, failure_summary
 from bridge.sink.identity import carries_marker, marker_value, recovery_query, with_marker
 from bridge.sink.model import Action, Command, Effect, ErrorInfo, Outcome, Status
 from bridge.sink.search import Matches, search_all
@@ -230,7 +231,7 @@ class FHIRExecutor:
             log.info(
                 "command %s: the interrupted create had gone through (%s)",
                 command.command_id,
-                mine[0].get("id"),
+                pseudonym(mine[0].get("id")),
             )
             return self._created(mine[0], calls)
         if matches.truncated and len(matches.resources) <= 1:
@@ -287,7 +288,7 @@ class FHIRExecutor:
                 log.info(
                     "command %s: the interrupted create had gone through (%s)",
                     command.command_id,
-                    found.get("id"),
+                    pseudonym(found.get("id")),
                 )
                 return self._created(found, calls)
         while True:
@@ -324,7 +325,10 @@ class FHIRExecutor:
             )
         except GiveUp as exc:  # created all the same: answer with the id
             log.warning(
-                "command %s: created %s but could not read it back: %s", command.command_id, created_id, exc
+                "command %s: created %s but could not read it back (%s)",
+                command.command_id,
+                pseudonym(created_id),
+                failure_summary(exc.failure),
             )
             return Outcome(Status.SUCCEEDED, Effect.CREATED, (created_id,), attempts=calls.attempts)
         return self._created(read_back, calls)

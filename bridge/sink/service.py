@@ -17,6 +17,7 @@ from confluent_kafka import Consumer
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
+from bridge.fhir.budget import Priority
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import (
@@ -64,12 +65,12 @@ class SinkTopics:
             command_results_topic(prefix),
         )
 
-    def specs(self, replication_factor: int) -> list[TopicSpec]:
+    def specs(self, replication_factor: int, min_insync_replicas: int | None = None) -> list[TopicSpec]:
         return [
             *(TopicSpec(t, COMMAND_PARTITIONS, replication_factor) for t in self.commands),
             TopicSpec(self.results, COMMAND_PARTITIONS, replication_factor),
             TopicSpec(self.dlq, 1, replication_factor),
-            TopicSpec.compacted(self.ledger, 1, replication_factor),
+            TopicSpec.compacted(self.ledger, 1, replication_factor, min_insync_replicas),
         ]
 
 
@@ -129,7 +130,8 @@ async def run_sink(
     if not topics.commands:
         log.info("connection %s: no resource has actions enabled; the sink does not run", config.name)
         return
-    await asyncio.to_thread(ensure_topics, kafka.admin, topics.specs(kafka.settings.topic_replication_factor))
+    specs = topics.specs(kafka.settings.topic_replication_factor, kafka.settings.topic_min_insync_replicas)
+    await asyncio.to_thread(ensure_topics, kafka.admin, specs)
     producer = TransactionalProducer(kafka.config, kafka.transactional_id(config.name, "sink"))
     table = CompactedTable(kafka.config, topics.ledger, kafka.cache_path(f"{config.name}.command-results"))
     consumer: Consumer | None = None
@@ -164,10 +166,10 @@ async def run_sink(
             producer=producer,
             ledger=CommandLedger(table, config.name),
             registry=kafka.registry,
-            # Same pool, token manager and rate limiter as the connection; retries are the executor's
-            # (it knows each command's deadline and never repeats a create blindly).
+            # Same pool, token manager and request budget as the connection (commands go first in it);
+            # retries are the executor's (it knows each command's deadline and never repeats a create).
             executor=FHIRExecutor(
-                connection.fhir_client(retry=RetryPolicy(max_attempts=1)),
+                connection.fhir_client(priority=Priority.INTERACTIVE, retry=RetryPolicy(max_attempts=1)),
                 config,
                 capabilities=connection.fhir.capabilities,
             ),

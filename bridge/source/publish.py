@@ -19,7 +19,7 @@ from bridge.kafka.txn import Committer, Record, Unit
 from bridge.source.cursors import Cursor, CursorStore
 from bridge.source.detect import Change
 from bridge.source.events import build_event
-from bridge.source.state import Seen, SeenStore
+from bridge.source.state import SeenStore
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,12 @@ class BatchPublisher:
                     detected_at=now,
                     cursor=cursor_text,
                     snapshot_run=snapshot_run,
+                    change=change.identity,
                 )
                 records.append(Record(codec.topic, change.resource_id.encode(), codec.encode(event)))
                 events += 1
         for change in changes:
-            seen = Seen(change.fingerprint, change.patient_id)
+            seen = change.seen()
             records.append(self._seen.record(self.connection, resource_type, change.resource_id, seen))
         for name, extra in extra_cursors.items():
             records.append(self._cursors.record(self.connection, name, extra))

@@ -18,6 +18,7 @@ from bridge.kafka.txn import Record
 class Seen:
     fingerprint: str
     patient_id: str | None
+    changes: int = 0  # how often its fingerprint changed since first sight (names its next change)
 
 
 def state_key(connection: str, resource_type: str, resource_id: str) -> bytes:
@@ -43,14 +44,14 @@ class SeenStore:
         result: dict[str, Seen] = {}
         for key, raw in found.items():
             value = json.loads(raw)
-            result[keys[key]] = Seen(value["fp"], value.get("patient"))
+            result[keys[key]] = Seen(value["fp"], value.get("patient"), int(value.get("n", 0)))
         return result
 
     def record(self, connection: str, resource_type: str, resource_id: str, seen: Seen) -> Record:
         """The write of a new fingerprint, for the transaction that publishes the change."""
         key = state_key(connection, resource_type, resource_id)
         value = json.dumps(
-            {"fp": seen.fingerprint, "patient": seen.patient_id}, separators=(",", ":")
+            {"fp": seen.fingerprint, "patient": seen.patient_id, "n": seen.changes}, separators=(",", ":")
         ).encode()
         return Record(self._table.topic, key, value, table=self._table)
 
