@@ -26,7 +26,6 @@ from bridge.engine.prefix import PrefixEngine, Side
 from bridge.health import Check, Heartbeat, add_health_routes, kafka_check, registry_check
 from bridge.kafka.context import KafkaContext
 from bridge.metrics import Metrics
-from bridge.sink.service import sink_runner
 from bridge.web import WebServer
 
 log = logging.getLogger(__name__)
@@ -64,7 +63,6 @@ class Runtime:
                 sides=sides,
                 store=credential_store,
                 metrics=self.metrics,
-                sink_factory=sink_runner,
             )
             for prefix in prefixes
         }

@@ -28,13 +28,15 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 from bridge.config.models import ConnectionConfig
-from bridge.engine.worker import ConnectionWorker, SinkRunner, WorkerParts
+from bridge.engine.worker import ConnectionWorker, WorkerParts
 from bridge.kafka.context import KafkaContext
+from bridge.kafka.feed import PartitionFeed
 from bridge.kafka.internal import InternalTables
 from bridge.kafka.membership import Membership, MembershipSettings
 from bridge.kafka.topics import TopicSpec, ensure_topics, internal_topic_specs, tasks_topic
 from bridge.kafka.txn import Committer, Unit
 from bridge.metrics import Metrics
+from bridge.sink.service import SinkService
 from bridge.source.cursors import CursorStore
 from bridge.source.service import SourceService, source_resources
 from bridge.supervise import wait_or_stop
@@ -42,7 +44,6 @@ from bridge.supervise import wait_or_stop
 log = logging.getLogger(__name__)
 
 Side = Literal["source", "sink"]
-SinkFactory = Callable[[ConnectionConfig, KafkaContext, Metrics], SinkRunner | None]
 T = TypeVar("T")
 
 START_RETRY_MIN_S, START_RETRY_MAX_S = 1.0, 60.0
@@ -73,7 +74,6 @@ class PrefixEngine:
         sides: frozenset[Side],
         store: Any,
         metrics: Metrics,
-        sink_factory: SinkFactory | None = None,
     ) -> None:
         self.prefix = prefix
         self.configs = list(configs)
@@ -81,7 +81,6 @@ class PrefixEngine:
         self.sides = sides
         self.store = store
         self.metrics = metrics
-        self.sink_factory = sink_factory
         role = role_of(sides)
         self.group = ".".join(["epic-bridge", prefix, *([role] if role else [])])
         self.owner_key = "_owner" + (f".{role}" if role else "")
@@ -90,6 +89,7 @@ class PrefixEngine:
         self.tables: InternalTables | None = None
         self.committer: Committer | None = None
         self.membership: Membership | None = None
+        self.feed: PartitionFeed | None = None
         self.problem: str | None = "starting"
         self._loop: asyncio.AbstractEventLoop | None = None
         # Blocking Kafka calls of this engine (start-up, settling a handover) run here, never on the loop
@@ -157,27 +157,31 @@ class PrefixEngine:
             name=f"committer {self.prefix}",
         )
         committer.start().result()  # registers the transactional id: aborts what a predecessor left open
+        if "sink" in self.sides:
+            self.feed = PartitionFeed(self.kafka.config, self.group, name=f"feed {self.prefix}")
+            self.feed.start()
         for cfg in self.configs:
             source = None
             if "source" in self.sides and source_resources(cfg):
                 source = SourceService.prepare(cfg, self.kafka, tables, committer)
             sink = None
-            if "sink" in self.sides and self.sink_factory is not None:
-                sink = self.sink_factory(cfg, self.kafka, self.metrics)
-            self.workers[cfg.name] = ConnectionWorker(
-                cfg, WorkerParts(source, sink, self.store, self.metrics)
-            )
+            if self.feed is not None:
+                sink = SinkService.prepare(cfg, self.kafka, tables, committer, self.feed, self.metrics)
+            parts = WorkerParts(source, sink, self.store, self.metrics)
+            self.workers[cfg.name] = ConnectionWorker(cfg, parts)
         membership.start()
         log.info("%s: joining the group %s as %s", self.prefix, self.group, settings.instance_id)
 
     def _close_clients(self) -> None:
         if self.membership is not None:
             self.membership.stop()
+        if self.feed is not None:
+            self.feed.stop()
         if self.committer is not None:
             self.committer.close()
         if self.tables is not None:
             self.tables.close()
-        self.membership = self.committer = self.tables = None
+        self.membership = self.committer = self.tables = self.feed = None
 
     async def _shutdown(self) -> None:
         self._closing = True

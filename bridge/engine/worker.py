@@ -24,12 +24,11 @@ from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.logs import log_context
 from bridge.metrics import Metrics
+from bridge.sink.service import SinkService
 from bridge.source.service import SourceService, restarts_counter
 from bridge.supervise import Health, supervise, wait_or_stop
 
 log = logging.getLogger(__name__)
-
-SinkRunner = Callable[[Connection, asyncio.Event, Health], Awaitable[None]]
 
 OPEN_RETRY_MIN_S, OPEN_RETRY_MAX_S = 1.0, 60.0
 
@@ -39,7 +38,7 @@ class WorkerParts:
     """What a worker runs, built by the engine from the process's helpers."""
 
     source: SourceService | None
-    sink: SinkRunner | None
+    sink: SinkService | None
     store: Any  # the credential store, for authorization-code connections
     metrics: Metrics
 
@@ -100,7 +99,7 @@ class ConnectionWorker:
             if self.parts.source is not None:
                 parts["source"] = lambda: self._source(connection, stop)
             if sink is not None:
-                parts["sink"] = lambda: sink(connection, stop, self.health)
+                parts["sink"] = lambda: sink.run(connection, stop)
             counter = restarts_counter(self.parts.metrics, self.name)
             try:
                 await asyncio.gather(

@@ -15,6 +15,7 @@ httpx exceptions never leave the client: they are translated here, at the bounda
     │   └── FHIRServerError         5xx (after retries)
     ├── FHIRProtocolError           (not FHIR JSON, wrong resource type, ...)
     ├── FHIRInvalidRequest          (refused before sending: a malformed type or id; also a ValueError)
+    ├── FHIRNotSent                 (refused before sending: its `not_after` time had passed)
     └── CrossOriginLinkError        (a link to another origin was refused)
 """
 
@@ -51,6 +52,10 @@ class FHIRProtocolError(FHIRError):
 
 class FHIRInvalidRequest(FHIRError, ValueError):
     """Refused before sending: not a FHIR resource type or id (ids may come from commands)."""
+
+
+class FHIRNotSent(FHIRError):
+    """Refused before sending: the request was only to go out before a time (`not_after`), now past."""
 
 
 class CrossOriginLinkError(FHIRError):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import TopicPartition
-from kafka_support import read_topic
+from kafka_support import Owner, read_topic
 
 from bridge.kafka.membership import Membership, MembershipSettings
 from bridge.kafka.table import CompactedTable, TableReader
@@ -247,22 +247,6 @@ def test_a_catch_up_running_while_the_process_commits_never_moves_a_key_back(
     assert table.get(b"counter") == b"150"
     assert all(later >= earlier for earlier, later in itertools.pairwise(seen)), "a key moved backwards"
     table.close()
-
-
-class Owner:
-    """A membership listener that notes what it owns."""
-
-    def __init__(self) -> None:
-        self.owned = threading.Event()
-
-    def gained(self, connections: list[str]) -> None:
-        self.owned.set()
-
-    def revoked(self, connections: list[str]) -> None:
-        self.owned.clear()
-
-    def lost(self, connections: list[str]) -> None:
-        self.owned.clear()
 
 
 @pytest.mark.integration

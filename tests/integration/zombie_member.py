@@ -9,8 +9,8 @@ and let it try to finish. It prints the outcome of its commit.
 from __future__ import annotations
 
 import sys
-import threading
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -18,19 +18,8 @@ from confluent_kafka import TopicPartition
 from bridge.kafka.membership import Membership, MembershipSettings
 from bridge.kafka.txn import Committer, Record, Unit
 
-
-class Listener:
-    def __init__(self) -> None:
-        self.owned = threading.Event()
-
-    def gained(self, connections: list[str]) -> None:
-        self.owned.set()
-
-    def revoked(self, connections: list[str]) -> None:
-        pass
-
-    def lost(self, connections: list[str]) -> None:
-        print("LOST", flush=True)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for the shared helpers
+from kafka_support import Owner
 
 
 class PausingFencing:
@@ -55,15 +44,15 @@ class PausingFencing:
 
 
 def main(bootstrap: str, group: str, tasks: str, events: str, state: str, txid: str) -> None:
-    listener = Listener()
+    owner = Owner()
     membership = Membership(
         {"bootstrap.servers": bootstrap},
         MembershipSettings(group, client_id="zombie", session_timeout_s=6, heartbeat_interval_s=2),
         {"x": tasks},
-        listener,
+        owner,
     )
     membership.start()
-    assert listener.owned.wait(60), "never owned the connection"
+    assert owner.owned.wait(60), "never owned the connection"
     committer = Committer(
         {"bootstrap.servers": bootstrap}, txid, fencing=PausingFencing(membership), transaction_timeout_s=120
     )
