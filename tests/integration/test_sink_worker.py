@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,12 +38,14 @@ class StandInEhr:
     """Creates resources in memory; remembers every call."""
 
     calls: list[tuple[str, bool]] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # wall-clock time of each call
     created: list[str] = field(default_factory=list)
     running: int = 0
     max_running: int = 0
 
     async def execute(self, command: Command, *, recovering: bool, not_after: float | None = None) -> Outcome:
         self.calls.append((command.command_id, recovering))
+        self.started.append(time.time())
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         await asyncio.sleep(0.05)
@@ -263,3 +266,42 @@ async def test_same_key_runs_in_order_and_different_keys_concurrently(harness: H
         same_key = [f"c{i:02d}" for i in range(16) if i % 4 == k]
         assert [c for c in order if c in same_key] == same_key
     assert 1 < harness.ehr.max_running <= 4
+
+
+@pytest.mark.integration
+async def test_a_create_waits_out_the_previous_owners_promise_before_it_runs(harness: Harness) -> None:
+    """The previous owner committed an intent promising no create after `until`, then vanished: this owner
+    runs the command (recovering) only once `until` plus the settle time and the clock-skew margin passed."""
+    until_ms = int(time.time() * 1000) + 3000
+    crashed = Committer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-crashed")
+    crashed.start().result()
+    intent = json.dumps({"state": "intent", "at": until_ms - 60_000, "until": until_ms}).encode()
+    crashed.commit_sync(Unit([Record(harness.ledger_topic, b'["sim","c-in-flight"]', intent)]))
+    crashed.close()
+    harness.send([(b"k", harness.command("c-in-flight"))])
+    await harness.run_until(results=1)
+    assert harness.ehr.calls == [("c-in-flight", True)]
+    # SinkSettings defaults: settle 1 s, clock-skew margin 2 s
+    assert harness.ehr.started[0] >= until_ms / 1000 + 3.0
+
+
+@pytest.mark.integration
+async def test_a_record_read_again_after_its_result_was_committed_gets_no_second_result(
+    harness: Harness,
+) -> None:
+    """What a handover can leave: the result of a record is committed but the record is read again (its
+    offset not yet committed for the reader). It is recognised by the ledger's source and skipped; the
+    same command id sent again later is still answered, as a replay."""
+    harness.send([(b"k", harness.command("c-once"))])
+    [sent] = read_topic(harness.bootstrap, harness.commands, expect=1)
+    source = [harness.commands, sent.partition(), sent.offset()]
+    result = {"command_id": "c-once", "status": "SUCCEEDED"}  # what the ledger kept of its result
+    answered = json.dumps({"state": "done", "result": result, "source": source}).encode()
+    earlier = Committer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-earlier")
+    earlier.start().result()
+    earlier.commit_sync(Unit([Record(harness.ledger_topic, b'["sim","c-once"]', answered)]))
+    earlier.close()
+    harness.send([(b"k", harness.command("c-after"))])
+    await harness.run_until(results=1)
+    assert [r["command_id"] for r in harness.read_results()] == ["c-after"]
+    assert [c for c, _ in harness.ehr.calls] == ["c-after"]
