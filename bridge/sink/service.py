@@ -146,6 +146,8 @@ async def run_sink(
                 max_batch=sink.max_batch,
                 max_command_bytes=sink.max_command_bytes,
                 concurrency=sink.concurrency,
+                topic_prefix=config.topic_prefix,
+                reply_topics=sink.reply_topics,
             ),
             consumer=consumer,
             producer=producer,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,17 +27,21 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.avro import TopicCodec, load_schema
-from bridge.kafka.registry import IncompatibleSchemaError
+from bridge.kafka.registry import (
+    ForeignSubjectError,
+    IncompatibleSchemaError,
+    is_transient,
+    register_owned_avro,
+)
 from bridge.kafka.table import Write
 from bridge.kafka.transactions import TransactionAbortedError, TransactionalProducer
 from bridge.sink.decode import DeadLetter, RegistryUnavailable, decode_command, precheck
 from bridge.sink.dlq import dead_letter_headers
 from bridge.sink.ledger import CommandLedger, Entry
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
+from bridge.sink.replies import ReplyPolicy
 
 log = logging.getLogger(__name__)
-
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class CommandExecutor(Protocol):
@@ -59,6 +62,8 @@ class SinkSettings:
     concurrency: int = 8
     poll_timeout_s: float = 0.5
     retry_pause_s: float = 1.0
+    topic_prefix: str | None = None
+    reply_topics: tuple[str, ...] = ()  # sink.reply_topics: names or glob patterns
 
 
 @dataclass
@@ -96,6 +101,7 @@ class SinkWorker:
         self._deserializer = AvroDeserializer(registry)
         self._result_schema = load_schema("command_result.avsc")
         self._codecs: dict[str, TopicCodec] = {}
+        self._replies = ReplyPolicy(settings.results_topic, settings.reply_topics, settings.topic_prefix)
         self._known_topics: set[str] = set()
         self._on_result = on_result
         self._on_lag = on_lag
@@ -322,19 +328,26 @@ class SinkWorker:
 
     def _codec(self, topic: str) -> TopicCodec:
         if topic not in self._codecs:
-            self._codecs[topic] = TopicCodec(self._registry, topic, self._result_schema)
+            self._codecs[topic] = TopicCodec(
+                self._registry, topic, self._result_schema, register=register_owned_avro
+            )
         return self._codecs[topic]
 
     def _reply_problem(self, topic: str) -> str | None:
-        """Why results cannot go to `topic`, or None when they can."""
-        if not TOPIC_NAME.match(topic) or topic in (".", ".."):
-            return "reply_topic is not a valid Kafka topic name"
+        """Why results cannot go to `topic`, or None when they can. Raises RegistryUnavailable when the
+        registry cannot be asked (the batch is then read again later)."""
+        if problem := self._replies.problem(topic):
+            return problem
         if not self._topic_exists(topic):
             return f"reply_topic {topic!r} does not exist"
         try:
             self._codec(topic)
-        except IncompatibleSchemaError:
-            return f"reply_topic {topic!r} holds records of another schema"
+        except (IncompatibleSchemaError, ForeignSubjectError) as exc:
+            return f"reply_topic {topic!r} holds records of another schema ({exc})"
+        except Exception as exc:
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            return f"the schema registry refused the result schema for reply_topic {topic!r}: {exc}"
         return None
 
     def _topic_exists(self, topic: str) -> bool:

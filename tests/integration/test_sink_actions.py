@@ -356,33 +356,6 @@ async def test_create_all_five_on_a_generic_server(generic: Env) -> None:
     assert reads == []  # the generic server answers with the body: nothing to read back
 
 
-async def test_a_result_goes_to_the_commands_reply_topic(
-    epic: Env, new_topic: Any, kafka_bootstrap: str
-) -> None:
-    from confluent_kafka.schema_registry.avro import AvroDeserializer
-    from confluent_kafka.serialization import MessageField, SerializationContext
-    from kafka_support import read_topic
-
-    reply = new_topic("replies")
-    record = epic.sink.send(
-        "Patient", "FIND", criteria={"_id": epic.patient}, reply_topic=reply, correlation_id="r1"
-    )
-    epic.sink.harness.flush()
-    messages = await asyncio.to_thread(read_topic, kafka_bootstrap, reply, "read_committed", 1)
-    epic.sink.harness.collect(1.0)
-    assert len(messages) == 1, epic.sink.harness.results.get(record["command_id"])
-    result = AvroDeserializer(epic.sink.harness.registry)(
-        messages[0].value(), SerializationContext(reply, MessageField.VALUE)
-    )
-    assert (result["command_id"], result["status"], result["correlation_id"]) == (
-        record["command_id"],
-        "SUCCEEDED",
-        "r1",
-    )
-    epic.sink.harness.collect(1.0)
-    assert record["command_id"] not in epic.sink.harness.results  # not on the shared results topic
-
-
 async def test_the_sink_counts_commands_dead_letters_and_lag(
     epic_sim_factory: Any, tmp_path: Path, kafka_bootstrap: str, registry_url: str
 ) -> None:
