@@ -33,6 +33,14 @@ class KafkaSettings(BaseSettings):
     )
     state_dir: Path = Field(default=Path(".bridge-state"), description="local caches of the internal topics")
     topic_replication_factor: int = Field(default=-1, description="-1: the broker's default")
+    idempotency_window_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=3650,
+        description="how long the sink remembers a command id (the `_command-results` topic's retention.ms, "
+        "set when the bridge creates it): a command re-sent within it is answered from the record, after "
+        "it runs again",
+    )
 
 
 class KafkaContext:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import httpx
@@ -51,9 +52,22 @@ class RegistryUnavailableError(KafkaGlueError):
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The registry client's network errors: it uses httpx2 where installed, else httpx."""
+    errors: list[type[BaseException]] = [httpx.TransportError, OSError, RegistryUnavailableError]
+    try:
+        errors.append(importlib.import_module("httpx2").TransportError)
+    except (ImportError, AttributeError):
+        pass
+    return tuple(errors)
+
+
+_TRANSPORT_ERRORS = _transport_errors()
+
+
 def is_transient(exc: BaseException) -> bool:
     """Whether a registry call failed in a way that asking again later can fix."""
-    if isinstance(exc, httpx.TransportError | RegistryUnavailableError):
+    if isinstance(exc, _TRANSPORT_ERRORS):
         return True
     return isinstance(exc, SchemaRegistryError) and exc.http_status_code in _TRANSIENT_STATUSES
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import secrets
+import struct
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -36,6 +38,7 @@ from bridge.kafka.topics import (
     results_topic,
     state_topic,
 )
+from bridge.sink.service import SinkTopics
 
 pytestmark = pytest.mark.integration
 
@@ -97,9 +100,12 @@ async def make_hostile(
 ) -> AsyncIterator[Callable[..., Any]]:
     started: list[Hostile] = []
 
-    async def make(**over: Any) -> Hostile:
+    async def make(results_max_bytes: int | None = None, **over: Any) -> Hostile:
         sim = epic_sim_factory(profile="epic", patients=2, seed=9, short_page_rate=0)
         config = write_connection(sim, tmp_path / f"cfg{len(started)}", "hostile", **over)
+        if results_max_bytes is not None:  # an operator's smaller limit on the results topic
+            limit = {"max.message.bytes": str(results_max_bytes)}
+            ensure_topics(kafka_admin, [TopicSpec(SinkTopics.of(config).results, 3, config=limit)])
         proxy = TcpProxy.for_url(registry_url)
         kafka = kafka_context(kafka_bootstrap, proxy.url_for(registry_url), tmp_path / f"state{len(started)}")
         sink = await start_sink(config, kafka)
@@ -233,3 +239,133 @@ async def test_reply_topics_the_config_lists_get_results_and_no_other_subject_is
     assert env.compatibility(f"{taken}-value") == "FULL"
     assert env.versions(f"{taken}-value") == taken_versions
     assert read_topic(env.bootstrap, taken) == [] and read_topic(env.bootstrap, unlisted) == []
+
+
+# -- oversized results ---------------------------------------------------------------------------------
+def _big_patient(sim: Any, family: str, text_bytes: int) -> str:
+    resource = {
+        "resourceType": "Patient",
+        "id": sim.sim.new_id("Patient"),
+        "name": [{"family": family, "given": ["Big"]}],
+        "birthDate": "1970-01-01",
+        "gender": "female",
+        # random text: the producer compresses, and the broker's limit applies to what it receives
+        "text": {
+            "status": "generated",
+            "div": f"<div>{secrets.token_urlsafe(text_bytes)[:text_bytes]}</div>",
+        },
+    }
+    sim.sim.store.insert(resource)
+    return str(resource["id"])
+
+
+async def test_a_result_larger_than_the_topic_accepts_is_answered_smaller_not_retried_forever(
+    make_hostile: Callable[..., Any],
+) -> None:
+    env: Hostile = await make_hostile(results_max_bytes=200_000)
+    big = _big_patient(env.sim, "Oversized", 400_000)
+    small = env.sink.send("Patient", "FIND", criteria={"_id": env.patient})
+    record = env.sink.send("Patient", "FIND", criteria={"_id": big})
+    results = await env.results_for([small, record])
+
+    result = results[record["command_id"]]
+    assert (result["status"], result["resource_ids"], result["resources_json"]) == ("SUCCEEDED", [big], [])
+    assert result["truncated"] is True
+    assert any("read the resources by id" in w for w in result["warnings"]), result["warnings"]
+    assert len(results[small["command_id"]]["resources_json"]) == 1  # a result that fits is left alone
+    assert not env.sink.task.done()
+
+
+# -- poison input --------------------------------------------------------------------------------------
+async def test_undecodable_and_schema_mismatched_values_are_dead_lettered_and_the_loop_moves_on(
+    make_hostile: Callable[..., Any], schema_registry: SchemaRegistryClient, unique_name: Callable[[str], str]
+) -> None:
+    env: Hostile = await make_hostile()
+    harness = env.sink.harness
+    string_id = schema_registry.register_schema(unique_name("string-value"), Schema('"string"', "AVRO"))
+    other_record = json.dumps(
+        {"type": "record", "name": "NotACommand", "fields": [{"name": "command_id", "type": "long"}]}
+    )
+    other_id = schema_registry.register_schema(unique_name("other-value"), Schema(other_record, "AVRO"))
+    poison = [
+        b"not avro at all",
+        b"\x00" + struct.pack(">I", 2_000_000_000) + b"\x02",  # a schema id the registry never issued
+        b"\x00" + struct.pack(">I", string_id) + b"\x06abc",  # a string, not a command
+        b"\x00" + struct.pack(">I", other_id) + b"\x02",  # a record of another schema
+        harness.encode("Patient", {"command_id": "x", "action": "FIND"})[:5] + b"\xff",  # cut short
+        b"",
+    ]
+    for value in poison:
+        harness.send_raw("Patient", value, key=b"poison")
+    after = env.sink.send("Patient", "FIND", criteria={"_id": env.patient}, key=b"poison")
+    results = await env.results_for([after])
+    await harness.wait_for(lambda: len(harness.dead) >= len(poison), 60, env.sink.task)
+    await asyncio.to_thread(harness.collect, 1.0)
+    assert len(harness.dead) == len(poison)
+    reasons = [dict(m.headers())["dlq.error.reason"].decode() for m in harness.dead]
+    assert set(reasons) <= {"undecodable", "unknown-schema", "missing-field", "empty"}, reasons
+    assert results[after["command_id"]]["status"] == "SUCCEEDED"
+    assert not env.sink.task.done()
+
+
+# -- the registry going away ---------------------------------------------------------------------------
+def _variant_command_schema() -> str:
+    """The Patient command schema with one more optional field: same commands, a new writer schema id."""
+    schema = json.loads(load_schema("patient_command.avsc"))
+    schema["fields"].append({"name": "x_extra", "type": ["null", "string"], "default": None})
+    return json.dumps(schema)
+
+
+async def test_the_registry_going_down_mid_batch_delays_the_batch_and_loses_or_repeats_nothing(
+    make_hostile: Callable[..., Any], new_topic: Callable[..., str], unique_name: Callable[[str], str]
+) -> None:
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+
+    reply = new_topic("replies")
+    env: Hostile = await make_hostile(sink={"reply_topics": ["t.*.replies"]})
+    await env.sink.run("Patient", "FIND", criteria={"_id": env.patient})  # results codec ready
+    variant = AvroSerializer(
+        env.registry, _variant_command_schema(), conf={"subject.name.strategy": lambda *_: unique_name("v")}
+    )
+    topic = env.sink.harness.topic_of("Patient")
+    create = {
+        "command_id": f"cr-{uuid.uuid4().hex}",
+        "action": "CREATE",
+        "fields": {
+            "family_name": "Outage",
+            "given_names": ["Reg"],
+            "birth_date": "1980-02-03",
+            "gender": "male",
+        },
+    }
+    variant_value = variant(create, SerializationContext(topic, MessageField.VALUE))
+
+    patients = env.sim.sim.store.count("Patient")
+    env.proxy.cut()
+    records = [env.sink.send("Patient", "FIND", criteria={"_id": env.patient}) for _ in range(3)]
+    records.append(env.sink.send("Patient", "FIND", criteria={"_id": env.patient}, reply_topic=reply))
+    env.sink.harness.send_raw("Patient", variant_value, key=b"variant")
+    records.append(create)
+    env.sink.harness.flush()
+    await asyncio.sleep(8)  # the sink keeps retrying the batch while the registry is away
+    assert not env.sink.task.done(), env.sink.task.exception()
+    assert (
+        env.sim.sim.store.count("Patient") == patients
+    )  # nothing was created while the batch could not finish
+    env.proxy.restore()
+
+    others = [r for r in records if r.get("reply_topic") is None]
+    results = await env.results_for(others, timeout_s=120)
+    assert all(results[r["command_id"]]["status"] == "SUCCEEDED" for r in others), results
+    created = results[create["command_id"]]
+    assert created["effect"] == "CREATED" and created["replayed"] is False
+    outage = env.sim.sim.store.query(
+        "SELECT seq, type, id, version, last_updated, json FROM resources "
+        "WHERE type='Patient' AND json LIKE ?",
+        ("%Outage%",),
+    )
+    assert [r.id for r in outage] == created["resource_ids"]  # created once
+    replies = await asyncio.to_thread(read_topic, env.bootstrap, reply, "read_committed", 1)
+    assert len(replies) == 1
+    assert not env.sink.task.done()
