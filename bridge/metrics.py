@@ -53,6 +53,12 @@ class Metrics:
             ["connection", "resource"],
             registry=r,
         )
+        self.partial_answers = Counter(
+            "epic_bridge_partial_answers_total",
+            "Successful searches the server said may be incomplete (a warning such as Epic 59204)",
+            ["connection", "side", "resource", "code"],
+            registry=r,
+        )
         self.poll_errors = Counter(
             "epic_bridge_poll_errors_total",
             "Failures of a patient scan or page (retried later)",

@@ -72,6 +72,10 @@ class OutcomeMessage:
     text: str
 
 
+# Epic 4101 "Resource request returns no results" comes as a warning but only says the search is empty.
+NOT_INCOMPLETE_CODES = frozenset({"4101"})
+
+
 @dataclass(frozen=True)
 class SearchPage:
     resources: list[dict[str, Any]]
@@ -80,6 +84,17 @@ class SearchPage:
     total: int | None = None
     next_url: str | None = None
     number: int = 1
+
+    @property
+    def warnings(self) -> list[OutcomeMessage]:
+        """The warnings (and errors) of a successful search: the page may be incomplete. Epic answers 200
+        with what the client may see and a warning such as 59204 "Client not authorized for ..." for the
+        rest, so an empty or short page with a warning is not the whole truth."""
+        return [
+            m
+            for m in self.messages
+            if m.severity in ("warning", "error", "fatal") and m.code not in NOT_INCOMPLETE_CODES
+        ]
 
 
 @dataclass(frozen=True)

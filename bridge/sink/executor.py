@@ -59,6 +59,7 @@ class FHIRExecutor:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        on_partial: Callable[[str, str], None] | None = None,
     ) -> None:
         self._fhir = fhir
         self._config = config
@@ -68,6 +69,7 @@ class FHIRExecutor:
         self._clock = clock
         self._rng = rng or random.Random()
         self._known_capabilities: Capabilities | None = None
+        self._on_partial = on_partial  # (resource type, the server's warning code), for the metric
         self._ensure_locks: weakref.WeakValueDictionary[tuple[str, ...], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -183,22 +185,46 @@ class FHIRExecutor:
 
     # -- find --------------------------------------------------------------------------------------------
     async def _search(
-        self, calls: CommandCalls, rtype: str, query: list[tuple[str, str]], deadline: float | None = None
+        self,
+        calls: CommandCalls,
+        rtype: str,
+        query: list[tuple[str, str]],
+        deadline: float | None = None,
+        max_pages: int | None = None,
     ) -> Matches:
-        return await search_all(
-            self._fhir, calls, rtype, query, max_pages=self._sink.find_max_pages, deadline=deadline
+        matches = await search_all(
+            self._fhir,
+            calls,
+            rtype,
+            query,
+            max_pages=max_pages or self._sink.find_max_pages,
+            deadline=deadline,
         )
+        for code in dict.fromkeys(w.code or "none" for w in matches.warnings):
+            # The code and type only: the server's text can name what it withheld.
+            log.warning(
+                "connection %s: partial answer to a %s search (server warning %s)",
+                self._config.name,
+                rtype,
+                code,
+            )
+            if self._on_partial is not None:
+                self._on_partial(rtype, code)
+        return matches
 
     def _found(self, matches: Matches, calls: CommandCalls) -> Outcome:
-        if not matches.resources:
-            return Outcome(Status.NOT_FOUND, attempts=calls.attempts, truncated=matches.truncated)
+        """A find's answer; when the server warned, the same status with `partial` and its warnings: what it
+        returned is true, but more may match than it showed this client."""
+        found = bool(matches.resources)
         return Outcome(
-            Status.SUCCEEDED,
-            Effect.MATCHED,
+            Status.SUCCEEDED if found else Status.NOT_FOUND,
+            Effect.MATCHED if found else Effect.NONE,
             tuple(matches.ids),
             self._budget(matches.resources),
             attempts=calls.attempts,
             truncated=matches.truncated,
+            partial=matches.partial,
+            warnings=matches.warning_texts(),
         )
 
     def _budget(self, resources: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
@@ -244,6 +270,8 @@ class FHIRExecutor:
                 attempts=calls.attempts,
                 truncated=True,
             )
+        if matches.partial and len(matches.resources) <= 1:
+            return self._partial_ensure(command, matches, calls)
         if len(matches.resources) == 1:
             return self._found(matches, calls)
         if len(matches.resources) > 1:
@@ -259,6 +287,24 @@ class FHIRExecutor:
                 truncated=matches.truncated,
             )
         return await self._create(command, calls, capabilities, resource, epic, recovering)
+
+    def _partial_ensure(self, command: Command, matches: Matches, calls: CommandCalls) -> Outcome:
+        """The server warned that its answer may be incomplete: "no match" (or "one match") is not known,
+        so nothing is created and nothing is picked."""
+        first = matches.warnings[0]
+        return Outcome(
+            Status.FAILED,
+            resource_ids=tuple(matches.ids),
+            error=ErrorInfo(
+                f"the server's answer to the search was partial ({'; '.join(matches.warning_texts())}), so "
+                f"it cannot be told whether a matching {command.resource_type} exists; ensure creates "
+                "nothing — make sure the client is authorized for this content",
+                epic_code=first.code,
+            ),
+            attempts=calls.attempts,
+            partial=True,
+            warnings=matches.warning_texts(),
+        )
 
     # -- create ------------------------------------------------------------------------------------------
     def _created(self, resource: dict[str, Any], calls: CommandCalls) -> Outcome:
@@ -351,12 +397,14 @@ class FHIRExecutor:
             )
         deadline = max(calls.deadline, self._clock() + RECOVERY_GRACE_S)
         try:
-            matches = await search_all(
-                self._fhir, calls, str(resource["resourceType"]), query, max_pages=100, deadline=deadline
-            )
+            matches = await self._search(calls, str(resource["resourceType"]), query, deadline, max_pages=100)
         except GiveUp as exc:
             raise GiveUp(_unknown(f"the search for it failed: {exc.failure.error.message}", cause)) from None
         mine = [r for r in matches.resources if carries_marker(r, marker)]
+        if not mine and matches.partial:
+            raise GiveUp(
+                _unknown(f"the server's answer to the search was partial ({matches.warning_texts()[0]})")
+            )
         if len(mine) > 1:
             ids = ", ".join(str(r.get("id")) for r in mine)
             raise GiveUp(

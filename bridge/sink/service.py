@@ -138,6 +138,13 @@ def metrics_recorder(
     return record
 
 
+def partial_recorder(metrics: Metrics, connection: str) -> Callable[[str, str], None]:
+    def record(resource_type: str, code: str) -> None:
+        metrics.partial_answers.labels(connection, "sink", resource_type.lower(), code).inc()
+
+    return record
+
+
 def lag_recorder(metrics: Metrics, connection: str) -> Callable[[dict[str, int]], None]:
     def record(lag: dict[str, int]) -> None:
         for topic, records in lag.items():
@@ -204,6 +211,7 @@ async def run_sink(
                 connection.fhir_client(retry=RetryPolicy(max_attempts=1)),
                 config,
                 capabilities=connection.fhir.capabilities,
+                on_partial=None if metrics is None else partial_recorder(metrics, config.name),
             ),
             on_result=None if metrics is None else metrics_recorder(metrics, config.name),
             on_lag=None if metrics is None else lag_recorder(metrics, config.name),
