@@ -142,6 +142,13 @@ class Metrics:
             ["connection", "reason"],
             registry=r,
         )
+        self.create_marker_kept = Gauge(
+            "epic_bridge_create_marker_kept",
+            "1 when the server kept the bridge's marker identifier on the last create read back, 0 when it "
+            "dropped it (interrupted creates are then looked for by natural key)",
+            ["connection", "resource"],
+            registry=r,
+        )
         self.command_lag = Gauge(
             "epic_bridge_command_consumer_lag_records",
             "Records in command topics not yet consumed",

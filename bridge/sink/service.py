@@ -145,6 +145,13 @@ def partial_recorder(metrics: Metrics, connection: str) -> Callable[[str, str], 
     return record
 
 
+def marker_recorder(metrics: Metrics, connection: str) -> Callable[[str, bool], None]:
+    def record(resource_type: str, kept: bool) -> None:
+        metrics.create_marker_kept.labels(connection, resource_type.lower()).set(1 if kept else 0)
+
+    return record
+
+
 def lag_recorder(metrics: Metrics, connection: str) -> Callable[[dict[str, int]], None]:
     def record(lag: dict[str, int]) -> None:
         for topic, records in lag.items():
@@ -188,6 +195,9 @@ async def run_sink(
         )
         sink = config.sink
         ledger = CommandLedger(table, config.name, window_days=kafka.settings.idempotency_window_days)
+        if metrics is not None:
+            for resource_type, kept in ledger.markers().items():
+                marker_recorder(metrics, config.name)(resource_type, kept)
         worker = SinkWorker(
             SinkSettings(
                 config.name,
@@ -212,6 +222,8 @@ async def run_sink(
                 config,
                 capabilities=connection.fhir.capabilities,
                 on_partial=None if metrics is None else partial_recorder(metrics, config.name),
+                marker_kept=ledger.marker_kept,
+                on_marker=None if metrics is None else marker_recorder(metrics, config.name),
             ),
             on_result=None if metrics is None else metrics_recorder(metrics, config.name),
             on_lag=None if metrics is None else lag_recorder(metrics, config.name),

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sink_support import (
     ENCOUNTERS_SQL,
-    LOINC,
     RunningSink,
+    bp_fields,
     encounter_of,
     kafka_context,
     mrn_of,
@@ -71,19 +71,6 @@ async def generic(
     env = await _env(epic_sim_factory, "generic", tmp_path, kafka_bootstrap, registry_url)
     yield env
     await env.sink.close()
-
-
-def bp_fields(patient: str, at: dt.datetime, encounter: str | None = None) -> dict[str, Any]:
-    return {
-        "patient_id": patient,
-        "encounter_id": encounter,
-        "code": {"system": LOINC, "code": "85354-9", "display": "Blood pressure panel"},
-        "components": [
-            {"code": {"system": LOINC, "code": "8480-6"}, "value_quantity": 121.0, "value_unit": "mm[Hg]"},
-            {"code": {"system": LOINC, "code": "8462-4"}, "value_quantity": 79.0, "value_unit": "mm[Hg]"},
-        ],
-        "effective_at": at,
-    }
 
 
 # -- Patient -------------------------------------------------------------------------------------------
