@@ -363,10 +363,9 @@ class SinkWorker:
 
     def _encode(self, topic: str, result: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The result (made smaller when it would not fit the topic) and its Avro encoding."""
-        codec = self._codec(topic)
         limit = min(self._limit(topic), self._limit(self._ledger.topic))
         try:
-            return fit_result(result, codec.encode, limit)
+            return fit_result(result, self._codec(topic).encode, limit)
         except Exception as exc:
             if is_transient(exc):
                 raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
