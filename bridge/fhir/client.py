@@ -346,11 +346,10 @@ class FHIRClient:
         """Yield matching resources of ``resource_type`` across all pages (messages are logged)."""
         async for page in self.search_pages(resource_type, params):
             for msg in page.messages:
-                # warnings such as Epic 59204 ("Client not authorized for some ...") mean incomplete results
-                level = logging.WARNING if msg.severity in ("warning", "error", "fatal") else logging.DEBUG
-                if msg.code == "4101":  # "no results": a normal empty search
-                    level = logging.DEBUG
-                log.log(level, "search %s: %s %s %s", resource_type, msg.severity, msg.code, msg.text)
+                # warnings such as Epic 59204 ("Client not authorized for some ...") mean incomplete results;
+                # the code and type only: the server's text can name what it withheld
+                level = logging.WARNING if msg in page.warnings else logging.DEBUG
+                log.log(level, "search %s: %s %s", resource_type, msg.severity, msg.code)
             for res in page.resources:
                 yield res
 
