@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: help run test lint check-deploy venv stack-up stack-down stack-status freeze clean
+.PHONY: help run test lint check-deploy venv examples-venv stack-up stack-down stack-status freeze clean
 
 help:
 	@echo "make run          the bridge end to end: Kafka + registry, the Epic simulator, the bridge, a live tail"
@@ -12,6 +12,7 @@ help:
 	@echo "make lint         ruff on everything, mypy on bridge/"
 	@echo "make stack-up | stack-down | stack-status"
 	@echo "make freeze       record the tested dependency versions in requirements-tested.txt"
+	@echo "make examples-venv  the example apps' own environment (examples/.venv, Quix Streams)"
 
 # The virtual environment is rebuilt when the project's dependencies change.
 $(BIN)/.installed: pyproject.toml
@@ -22,6 +23,10 @@ $(BIN)/.installed: pyproject.toml
 	@touch $@
 
 venv: $(BIN)/.installed
+
+# The example apps (examples/) run in their own environment: Quix Streams pins another confluent-kafka.
+examples-venv:
+	PYTHON=$(PYTHON) examples/setup-venv
 
 run: venv
 	stack/demo

@@ -19,11 +19,11 @@ import re
 import tempfile
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
+from machine import cpu_model
 
 from epic_sim.seed import RESOURCES_PER_PATIENT, SANDBOX_PATIENTS, seed_store, vital_observation
 from epic_sim.server import SimServer, run_simulator
@@ -32,16 +32,6 @@ from epic_sim.store import Store
 HEAVY_PATIENT = SANDBOX_PATIENTS[0][1]
 HEAVY_EXTRA = 20_000
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def seed(path: str, resources: int) -> None:

@@ -37,21 +37,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from machine import cpu_model
 
 ROOT = Path(__file__).resolve().parents[1]
 RESOURCES = ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
 CATEGORIES = ["vital-signs", "laboratory", "social-history"]
 RESOURCES_PER_PATIENT = 42  # what the simulator seeds per patient (epic_sim.seed.RESOURCES_PER_PATIENT)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def usage() -> tuple[float, float]:

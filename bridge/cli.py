@@ -370,6 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     from bridge.auth.errors import AuthError
     from bridge.config.secrets import SecretResolutionError
     from bridge.credentials import CredentialStoreError
@@ -382,6 +384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
     except ConfigError as exc:
         print("epic-bridge: configuration problems:\n  " + "\n  ".join(exc.problems), file=sys.stderr)
+        return EXIT_USAGE
+    except ValidationError as exc:  # process settings from the environment; never echo a value
+        problems = [
+            f"{'EPIC_BRIDGE_' + str(e['loc'][0]).upper() if e['loc'] else exc.title}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        print("epic-bridge: settings problems:\n  " + "\n  ".join(problems), file=sys.stderr)
         return EXIT_USAGE
     except (AuthError, CredentialStoreError, SecretResolutionError) as exc:
         print(f"epic-bridge: {exc}", file=sys.stderr)

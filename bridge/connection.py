@@ -1,8 +1,9 @@
-"""A live connection: one pooled httpx client, one rate limiter, one token manager, one FHIR client."""
+"""A live connection: one pooled httpx client, one request budget, one token manager, one FHIR client."""
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
@@ -18,8 +19,8 @@ from bridge.auth.tokens import TokenEndpoint
 from bridge.config.models import AuthorizationCodeAuth, BackendServicesAuth, ConnectionConfig
 from bridge.config.secrets import resolve_secret
 from bridge.credentials import CredentialStore
+from bridge.fhir.budget import Observer, Priority, RequestBudget
 from bridge.fhir.client import FHIRClient
-from bridge.fhir.ratelimit import AdaptiveRateLimiter
 from bridge.metrics import Metrics
 from bridge.retry import RetryPolicy
 from bridge.web import WebServer, add_jwks_routes
@@ -52,11 +53,46 @@ def retry_policy(cfg: ConnectionConfig) -> RetryPolicy:
     )
 
 
-def rate_limiter(cfg: ConnectionConfig) -> AdaptiveRateLimiter:
+def request_budget(
+    cfg: ConnectionConfig, *, tool: bool = False, metrics: Metrics | None = None
+) -> RequestBudget:
+    """The connection's budget in this process. The bridge runs at ``rate x (1 - tools_share)`` and a
+    standalone tool (``check``, ``backfill``) at ``rate x tools_share``, so a tool run beside a live
+    bridge keeps the two within the configured rate (and day cap). A share of 0 keeps nothing back: a
+    tool then runs at the full rate."""
     rl = cfg.rate_limit
-    return AdaptiveRateLimiter(
-        rl.requests_per_second, rl.burst, min_rate=rl.min_requests_per_second, recovery_s=rl.recovery_s
+    share = 1.0 if rl.tools_share == 0 else (rl.tools_share if tool else 1.0 - rl.tools_share)
+    rate = rl.requests_per_second * share
+    per_day = None if rl.requests_per_day is None else max(1, int(rl.requests_per_day * share))
+    budget = RequestBudget(
+        rate,
+        max(1, min(rl.burst, math.ceil(rl.burst * share))),
+        per_day=per_day,
+        min_rate=min(rl.min_requests_per_second, rate),
+        recovery_s=rl.recovery_s,
     )
+    if metrics is not None:
+        budget.observer = budget_recorder(metrics, cfg.name, budget)
+    return budget
+
+
+def budget_recorder(metrics: Metrics, connection: str, budget: RequestBudget) -> Observer:
+    """Record each request the budget lets through, and the budget's levels after it."""
+
+    def record(priority: Priority, waited: float, over_day: bool) -> None:
+        metrics.budget_requests.labels(connection, priority.label).inc()
+        if waited:
+            metrics.budget_wait.labels(connection, priority.label).inc(waited)
+        if over_day:
+            metrics.budget_over_day.labels(connection).inc()
+        metrics.rate_limit.labels(connection).set(budget.rate)
+        for level in Priority:
+            metrics.budget_available.labels(connection, level.label).set(budget.available_rate(level))
+        remaining = budget.day_remaining
+        if remaining is not None:
+            metrics.budget_day_remaining.labels(connection).set(remaining)
+
+    return record
 
 
 def key_set(cfg: ConnectionConfig) -> KeySet | None:
@@ -129,7 +165,9 @@ class Connection:
         store: CredentialStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        tool: bool = False,
     ) -> Connection:
+        """Open the connection. ``tool``: a standalone command beside the bridge (its share of the budget)."""
         http = http_client(cfg, transport)
         try:
             keys = key_set(cfg)
@@ -152,7 +190,8 @@ class Connection:
                 http=http,
                 auth=BearerAuth(manager, cfg.fhir_base_url),
                 client_id=cfg.auth.client_id,
-                limiter=rate_limiter(cfg),
+                budget=request_budget(cfg, tool=tool, metrics=metrics),
+                priority=Priority.SCHEDULED,
                 retry=retry_policy(cfg),
                 metrics=metrics,
                 connection=cfg.name,
@@ -172,17 +211,22 @@ class Connection:
             metrics=metrics,
         )
 
-    def fhir_client(self, *, retry: RetryPolicy | None = None) -> FHIRClient:
-        """Another FHIR client sharing this connection's pool, token manager and rate limiter.
+    def fhir_client(
+        self, *, priority: Priority = Priority.SCHEDULED, retry: RetryPolicy | None = None
+    ) -> FHIRClient:
+        """Another FHIR client sharing this connection's pool, token manager and request budget.
 
-        For callers that need other retries (e.g. the sink, which owns its retries per command).
+        For callers that need another priority in the budget (the sink's commands go as interactive,
+        backfills as bulk; ``fhir`` itself, used by scans and roster reads, is scheduled) or other
+        retries (the sink owns its retries per command).
         """
         return FHIRClient(
             base_url=self.config.fhir_base_url,
             http=self.http,
             auth=BearerAuth(self.tokens, self.config.fhir_base_url),
             client_id=self.config.auth.client_id,
-            limiter=self.fhir.limiter,
+            budget=self.fhir.budget,
+            priority=priority,
             retry=retry or retry_policy(self.config),
             metrics=self.metrics,
             connection=self.config.name,

@@ -66,6 +66,37 @@ class Metrics:
             registry=r,
         )
 
+        self.schedule_units = Gauge(
+            "epic_bridge_schedule_units",
+            "Units (patient x resource x category) in a connection's scan schedule",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_overdue = Gauge(
+            "epic_bridge_schedule_overdue_units",
+            "Units of the scan schedule past their due time",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_most_overdue = Gauge(
+            "epic_bridge_schedule_most_overdue_seconds",
+            "How long the most overdue unit of the scan schedule has been due",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_stalest = Gauge(
+            "epic_bridge_schedule_stalest_seconds",
+            "Age of the oldest scan of any unit (at most max_staleness_s when the budget allows)",
+            ["connection"],
+            registry=r,
+        )
+        self.schedule_overcommitted = Gauge(
+            "epic_bridge_schedule_overcommitted",
+            "1 when the request budget cannot scan every unit once per max_staleness_s",
+            ["connection"],
+            registry=r,
+        )
+
         # -- FHIR client ----------------------------------------------------------------------
         self.fhir_requests = Counter(
             "epic_bridge_fhir_requests_total",
@@ -95,6 +126,36 @@ class Metrics:
         self.rate_limit = Gauge(
             "epic_bridge_rate_limit_requests_per_second",
             "Current allowed request rate (lowered after 429s)",
+            ["connection"],
+            registry=r,
+        )
+        self.budget_requests = Counter(
+            "epic_bridge_budget_requests_total",
+            "Requests let through by the connection's request budget, by priority class",
+            ["connection", "priority"],
+            registry=r,
+        )
+        self.budget_wait = Counter(
+            "epic_bridge_budget_wait_seconds_total",
+            "Time requests waited for the request budget, by priority class",
+            ["connection", "priority"],
+            registry=r,
+        )
+        self.budget_available = Gauge(
+            "epic_bridge_budget_available_requests_per_second",
+            "Requests/s left for a class once the classes above it took their recent use",
+            ["connection", "priority"],
+            registry=r,
+        )
+        self.budget_day_remaining = Gauge(
+            "epic_bridge_budget_day_remaining_requests",
+            "Requests left in today's (UTC) cap, where one is configured",
+            ["connection"],
+            registry=r,
+        )
+        self.budget_over_day = Counter(
+            "epic_bridge_budget_over_day_requests_total",
+            "Interactive requests let through after the day's cap was spent",
             ["connection"],
             registry=r,
         )
@@ -153,5 +214,62 @@ class Metrics:
             "epic_bridge_command_consumer_lag_records",
             "Records in command topics not yet consumed",
             ["connection", "topic"],
+            registry=r,
+        )
+
+        # -- hints ----------------------------------------------------------------------------
+        self.hints_received = Counter(
+            "epic_bridge_hints_received_total",
+            "Hints received: HL7v2 messages at the listener, records read from the hints topic",
+            ["connection", "stage"],
+            registry=r,
+        )
+        self.hints_accepted = Counter(
+            "epic_bridge_hints_accepted_total",
+            "Hints accepted: stored in the hints topic (listener), turned into scan requests (reader)",
+            ["connection", "stage"],
+            registry=r,
+        )
+        self.hints_rejected = Counter(
+            "epic_bridge_hints_rejected_total",
+            "Hints refused or dropped, by stage and reason",
+            ["connection", "stage", "reason"],
+            registry=r,
+        )
+        self.hint_acks = Counter(
+            "epic_bridge_hint_acks_total",
+            "HL7v2 ACKs sent, by code (AA, AE, AR)",
+            ["connection", "code"],
+            registry=r,
+        )
+        self.hint_listener_connections = Counter(
+            "epic_bridge_hint_listener_connections_total",
+            "MLLP connections, by outcome (accepted, refused: over max_connections)",
+            ["connection", "outcome"],
+            registry=r,
+        )
+        self.hint_listener_open = Gauge(
+            "epic_bridge_hint_listener_open_connections",
+            "MLLP connections open now",
+            ["connection"],
+            registry=r,
+        )
+        self.hint_mrn_lookups = Counter(
+            "epic_bridge_hint_mrn_lookups_total",
+            "MRN to FHIR id resolutions, by result (hit: from the cache, miss: asked the server)",
+            ["connection", "result"],
+            registry=r,
+        )
+        self.hints_coalesced = Counter(
+            "epic_bridge_hints_coalesced_total",
+            "Hints merged into a scan request already waiting for the same patient and resource",
+            ["connection"],
+            registry=r,
+        )
+        self.hint_to_event = Histogram(
+            "epic_bridge_hint_to_event_seconds",
+            "From a hint's received_at to the publication of an event its scan found",
+            ["connection", "resource"],
+            buckets=_POLL_BUCKETS,
             registry=r,
         )

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from epic_sim.background import BackgroundLoop
 from epic_sim.roster import join_roster
 from epic_sim.seed import (
     LABS,
@@ -43,7 +44,7 @@ class Activity:
         self.changes: Counter[str] = Counter()
         self._rng = random.Random(f"{seed}:activity")
         self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._loop = BackgroundLoop(self.run)
         self._ops: list[tuple[str, Callable[[], str | None]]] = [
             ("Patient.create", self._create_patient),
             ("Patient.update", self._update_patient),
@@ -67,14 +68,10 @@ class Activity:
 
     def start(self) -> None:
         self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self.run())
+        self._loop.start()
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._loop.stop()
 
     async def run(self) -> None:
         while True:

@@ -183,19 +183,50 @@ async def resource(request: Request) -> Response:
 
 async def activity(request: Request) -> Response:
     sim = sim_of(request)
+    if sim.episodes is not None:
+        return await _episode_activity(request)
     if request.method == "PUT":
         body = await _json(request)
         try:
             sim.activity.set_rate(float(body.get("rate_per_s", 0)))
         except (ValueError, TypeError) as exc:
             return _problem(400, str(exc))
-    return JSONResponse(sim.activity.stats())
+    return JSONResponse({"model": "rate", **sim.activity.stats()})
+
+
+async def _episode_activity(request: Request) -> Response:
+    episodes = sim_of(request).episodes
+    assert episodes is not None
+    if request.method == "PUT":
+        body = await _json(request)
+        if not isinstance(body, dict) or set(body) != {"speed"}:
+            return _problem(400, 'the episodes model takes {"speed": x} (0 pauses it)')
+        try:
+            episodes.set_speed(float(body["speed"]))
+        except (ValueError, TypeError) as exc:
+            return _problem(400, str(exc))
+    return JSONResponse(episodes.stats())
 
 
 async def activity_step(request: Request) -> Response:
+    sim = sim_of(request)
+    if sim.episodes is not None:
+        return _problem(409, "steps drive the rate model; the episodes model follows its timetable")
     body = await _json(request)
-    done = sim_of(request).activity.step(int(body.get("count", 1)))
+    done = sim.activity.step(int(body.get("count", 1)))
     return JSONResponse({"changes": done})
+
+
+async def ground_truth(request: Request) -> Response:
+    episodes = sim_of(request).episodes
+    if episodes is None:
+        return _problem(404, "the ground truth is kept by the episodes activity model")
+    try:
+        since = int(request.query_params.get("since", "0"))
+        limit = min(int(request.query_params.get("limit", "10000")), 100_000)
+    except ValueError:
+        return _problem(400, "since and limit must be integers")
+    return JSONResponse({"changes": episodes.truth.since(since, limit), "last_seq": episodes.truth.last_seq})
 
 
 async def stats(request: Request) -> Response:
@@ -229,5 +260,6 @@ def routes() -> list[BaseRoute]:
         Route("/admin/resources/{rtype}/{rid}", resource, methods=["GET", "PUT", "DELETE"]),
         Route("/admin/activity", activity, methods=["GET", "PUT"]),
         Route("/admin/activity/step", activity_step, methods=["POST"]),
+        Route("/admin/ground-truth", ground_truth, methods=["GET"]),
         Route("/admin/stats", stats, methods=["GET"]),
     ]

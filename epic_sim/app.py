@@ -15,6 +15,7 @@ from epic_sim import admin, fhir_routes, stu3
 from epic_sim.activity import Activity
 from epic_sim.config import SimConfig
 from epic_sim.edge import EdgeMiddleware
+from epic_sim.episodes.activity import EpisodeActivity
 from epic_sim.faults import FaultInjector
 from epic_sim.oauth import OAuthServer
 from epic_sim.paging import SessionTable
@@ -81,15 +82,20 @@ def build_app(config: SimConfig, *, store: Store | None = None) -> SimApp:
         activity=Activity(store, seed=config.seed, rate_per_s=config.activity_rate),
         partial=PartialAnswers(config.partial_answers),
         _id_rng=random.Random(f"{config.seed}:ids"),
+        episodes=EpisodeActivity(store, config) if config.activity_model == "episodes" else None,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         sim.activity.start()
+        if sim.episodes is not None:
+            sim.episodes.start()
         try:
             yield
         finally:
             await sim.activity.stop()
+            if sim.episodes is not None:
+                await sim.episodes.stop()
             store.close()
 
     routes = [*oauth.routes(), *stu3.routes(), *admin.routes(), *fhir_routes.routes()]

@@ -33,6 +33,29 @@ def _parser() -> argparse.ArgumentParser:
         "Default: a temporary file removed at exit",
     )
     serve.add_argument("--activity-rate", type=float, default=0.0, help="background changes per second")
+    serve.add_argument(
+        "--activity-model",
+        choices=("rate", "episodes"),
+        default="rate",
+        help="rate: random changes at --activity-rate; episodes: inpatients, visits, background trickle",
+    )
+    serve.add_argument(
+        "--activity-speed",
+        type=float,
+        default=1.0,
+        help="episodes: every rate times this (60 = an hour per minute); 0 starts paused",
+    )
+    serve.add_argument("--ground-truth", default=None, help="episodes: JSON-lines file, one line per change")
+    serve.add_argument(
+        "--hl7-target", default=None, help="episodes: HOST:PORT of an MLLP listener for the feed"
+    )
+    serve.add_argument(
+        "--hl7-share", type=float, default=1.0, help="share of changes that get an HL7 message"
+    )
+    serve.add_argument(
+        "--hl7-delay", type=_delay_range, default=(1.0, 3.0), help="seconds from change to message: A-B or A"
+    )
+    serve.add_argument("--hl7-queue", type=int, default=10_000, help="HL7 messages waiting at most")
     serve.add_argument("--token-lifetime", type=int, default=3600, help="access token lifetime (s)")
     serve.add_argument("--clients", type=Path, default=None, help="JSON file: a list of ClientRegistration")
     serve.add_argument("--faults", type=Path, default=None, help="JSON file: a list of fault rules")
@@ -66,6 +89,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _delay_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        return float(low), float(high or low)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds A-B or A, not {text!r}") from None
+
+
 def _load_list(path: Path | None, what: str) -> list[dict[str, object]]:
     if path is None:
         return []
@@ -82,12 +113,8 @@ def _partial_rule(text: str) -> PartialRule:
         raise SystemExit(f"epic-sim: --partial-answers: {exc}") from None
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = SimConfig(
+def _config(args: argparse.Namespace) -> SimConfig:
+    return SimConfig(
         host=args.host,
         port=args.port,
         profile=args.profile,
@@ -105,9 +132,30 @@ def main(argv: list[str] | None = None) -> None:
         public_url=args.public_url,
         anchor_date=args.anchor_date,
         clock_offset_s=args.clock_offset,
+        activity_model=args.activity_model,
+        activity_speed=args.activity_speed,
+        ground_truth_path=args.ground_truth,
+        hl7_target=args.hl7_target,
+        hl7_share=args.hl7_share,
+        hl7_delay_s=args.hl7_delay,
+        hl7_queue_size=args.hl7_queue,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        config = _config(args)
+    except ValueError as exc:
+        raise SystemExit(f"epic-sim: {exc}") from None
     started = time.monotonic()
-    app = build_app(config)
+    try:
+        app = build_app(config)
+    except OSError as exc:  # e.g. a ground-truth file that cannot be written
+        raise SystemExit(f"epic-sim: {exc}") from None
     counts = app.sim.store.counts()
     print(
         f"epic-sim: {sum(counts.values())} resources ready in {time.monotonic() - started:.1f}s "

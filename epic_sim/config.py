@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Profile = Literal["epic", "generic"]
+ActivityModel = Literal["rate", "episodes"]
 
 FHIR_PREFIX = "/interconnect-fhir-oauth/api/FHIR/R4"
 STU3_PREFIX = "/interconnect-fhir-oauth/api/FHIR/STU3"
@@ -25,6 +26,19 @@ class SimConfig:
     # None: a temporary file removed when the app shuts down; ":memory:" is accepted too.
     db_path: str | None = None
     activity_rate: float = 0.0
+    # "rate": random changes at activity_rate; "episodes": inpatients, visits and a background trickle
+    # (epic_sim/episodes), logged to the ground truth and optionally fed as HL7v2.
+    activity_model: ActivityModel = "rate"
+    # Episodes model: every rate times this factor (60 = an hour of activity per minute); 0 = paused.
+    activity_speed: float = 1.0
+    # Episodes model: JSON-lines file receiving one line per change (and per HL7 outcome).
+    ground_truth_path: str | None = None
+    ground_truth_keep: int = 200_000  # records kept in memory for GET /admin/ground-truth
+    # Episodes model: "host:port" of an MLLP listener receiving the HL7v2 feed; None = no feed.
+    hl7_target: str | None = None
+    hl7_share: float = 1.0  # share of changes that get a message
+    hl7_delay_s: tuple[float, float] = (1.0, 3.0)  # uniform delay between a change and its message
+    hl7_queue_size: int = 10_000  # messages waiting at most; the oldest is dropped beyond
     token_lifetime_s: int = 3600
     clients: list[dict[str, Any]] = field(default_factory=list)
     # Initial fault rules, same shape as the body of PUT /admin/faults.
@@ -46,6 +60,11 @@ class SimConfig:
     clock_offset_s: float = 0.0
     max_sessions: int = 20_000
     request_log_size: int = 100_000
+
+    def __post_init__(self) -> None:
+        problems = episode_option_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
 
     @property
     def base_url(self) -> str:
@@ -71,3 +90,31 @@ class SimConfig:
         if self.short_page_rate is not None:
             return self.short_page_rate
         return 0.15 if self.profile == "epic" else 0.0
+
+
+def episode_option_problems(config: SimConfig) -> list[str]:
+    """Contradictory or out-of-range activity settings, as messages naming the option."""
+    problems = []
+    episodes = config.activity_model == "episodes"
+    if config.activity_model not in ("rate", "episodes"):
+        problems.append(f"activity_model must be 'rate' or 'episodes', not {config.activity_model!r}")
+    if episodes and config.activity_rate:
+        problems.append("activity_rate drives the rate model; the episodes model is set by activity_speed")
+    if not episodes:
+        for name in ("ground_truth_path", "hl7_target"):
+            if getattr(config, name) is not None:
+                problems.append(f"{name} needs activity_model 'episodes'")
+    if config.activity_speed < 0:
+        problems.append("activity_speed must be >= 0")
+    if not 0 <= config.hl7_share <= 1:
+        problems.append("hl7_share must be between 0 and 1")
+    low, high = config.hl7_delay_s
+    if not 0 <= low <= high:
+        problems.append("hl7_delay_s must be (low, high) with 0 <= low <= high")
+    if config.hl7_queue_size < 1:
+        problems.append("hl7_queue_size must be >= 1")
+    if config.hl7_target is not None:
+        host, _, port = config.hl7_target.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            problems.append(f"hl7_target must be host:port, not {config.hl7_target!r}")
+    return problems

@@ -20,6 +20,7 @@ from epic_sim.store import Store
 
 if TYPE_CHECKING:
     from epic_sim.activity import Activity
+    from epic_sim.episodes.activity import EpisodeActivity
 
 
 @dataclass
@@ -31,6 +32,8 @@ class SimState:
     faults: FaultInjector
     log: RequestLog
     activity: Activity
+    # The episodes model when `activity_model` is "episodes" (the rate model then stays at rate 0).
+    episodes: EpisodeActivity | None = None
     partial: PartialAnswers = field(default_factory=PartialAnswers)
     # STU3 $find proposals not yet booked: id -> proposed Appointment (STU3 JSON)
     proposals: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -15,6 +15,18 @@ class DiscoveryError(AuthError):
     """The SMART configuration could not be read."""
 
 
+class UnsafeEndpointError(DiscoveryError):
+    """The SMART configuration advertises an endpoint the bridge will not send credentials to.
+
+    ``problem`` says what is wrong with it, ``fix`` what the operator can do.
+    """
+
+    def __init__(self, problem: str, fix: str) -> None:
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem}; fix: {fix}")
+
+
 class TokenEndpointError(AuthError):
     """The token endpoint refused the request.
 

@@ -28,6 +28,7 @@ from bridge.auth.errors import (
     NotConnectedError,
     TokenEndpointError,
     TokenEndpointUnavailable,
+    UnsafeEndpointError,
 )
 from bridge.auth.keys import KeySet
 from bridge.auth.manager import BearerAuth, TokenManager
@@ -44,8 +45,9 @@ from bridge.check.fixes import (
 from bridge.check.report import CheckReport, CheckRow, Status
 from bridge.config.models import AuthorizationCodeAuth, BackendServicesAuth, ConnectionConfig, GroupRoster
 from bridge.config.secrets import SecretResolutionError
-from bridge.connection import http_client, key_set, rate_limiter, token_source
+from bridge.connection import http_client, key_set, request_budget, token_source
 from bridge.credentials import CredentialStore, CredentialStoreError
+from bridge.fhir.budget import Priority
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
 from bridge.fhir.errors import (
@@ -143,8 +145,13 @@ class Checker:
             doc = response.json()
             if not isinstance(doc, dict):
                 raise DiscoveryError(f"{url} did not answer a JSON object")
-            smart = SmartConfiguration.from_json(doc)
+            smart = SmartConfiguration.from_json(doc, url)
             self.step("smart-configuration", "ok", f"token endpoint {smart.token_endpoint}")
+        except UnsafeEndpointError as exc:
+            self.step("smart-configuration", "failed", exc.problem, exc.fix)
+            if cfg.auth.token_url is None:  # nothing else to get a token from
+                self.skip_resources("skipped", "no token endpoint the bridge may use")
+                return
         except (DiscoveryError, ValueError) as exc:
             if cfg.auth.token_url is not None:  # not needed: the endpoints are configured
                 self.step("smart-configuration", "skipped", f"{exc}; using the configured endpoints")
@@ -212,7 +219,8 @@ class Checker:
             http=http,
             auth=BearerAuth(manager, cfg.fhir_base_url),
             client_id=cfg.auth.client_id,
-            limiter=rate_limiter(cfg),
+            budget=request_budget(cfg, tool=True),  # the tools' share, beside a running bridge
+            priority=Priority.INTERACTIVE,
             retry=RetryPolicy(max_attempts=2, base_delay_s=0.2),
         )
         try:

@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
+from bridge.config.hints import HintsConfig
 from bridge.config.secrets import SecretRef
 from bridge.config.sink import SinkConfig
 from bridge.config.source import SourceConfig
@@ -38,7 +39,9 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
-def _check_url(value: str, what: str, *, require_tls: bool = True) -> str:
+def check_url(value: str, what: str, *, require_tls: bool = True) -> str:
+    """The rule for every endpoint the bridge sends credentials or patient data to, configured or
+    discovered: an absolute https URL (plain http only on loopback), without credentials in it."""
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an absolute http(s) URL, got {value!r}")
@@ -85,7 +88,7 @@ class BackendServicesAuth(_Strict):
     @field_validator("token_url")
     @classmethod
     def _token_url(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v, "token_url")
+        return None if v is None else check_url(v, "token_url")
 
     @model_validator(mode="after")
     def _kids(self) -> BackendServicesAuth:
@@ -132,7 +135,7 @@ class AuthorizationCodeAuth(_Strict):
     @field_validator("authorize_url", "token_url")
     @classmethod
     def _urls(cls, v: str | None) -> str | None:
-        return None if v is None else _check_url(v, "endpoint URL")
+        return None if v is None else check_url(v, "endpoint URL")
 
     @model_validator(mode="after")
     def _client_auth(self) -> AuthorizationCodeAuth:
@@ -180,6 +183,11 @@ class StaticRoster(_Strict):
     patient_ids: list[str] = Field(default_factory=list, description="FHIR ids of the patients to scan")
     mrns: list[str] = Field(default_factory=list, description="MRNs, resolved to ids by identifier search")
     mrn_system: str | None = Field(default=None, description="identifier system of the MRNs")
+    mrn_retry_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="seconds until an MRN that matched no patient (or several) is looked up again",
+    )
 
     @model_validator(mode="after")
     def _nonempty(self) -> StaticRoster:
@@ -207,7 +215,8 @@ RosterConfig = Annotated[StaticRoster | GroupRoster | SeenPatientsRoster, Field(
 
 
 class RateLimitConfig(_Strict):
-    """Requests to Epic per second, shared by the pollers and actions of the connection."""
+    """The connection's request budget: requests to Epic per second (and per day), shared by everything
+    that talks to Epic for the connection; the sink's commands go first, then scans, then bulk work."""
 
     requests_per_second: float = Field(
         default=10.0, gt=0, le=1000, description="steady rate shared by everything on this connection"
@@ -215,6 +224,19 @@ class RateLimitConfig(_Strict):
     burst: int = Field(default=10, ge=1, le=1000, description="requests allowed at once above the rate")
     min_requests_per_second: float = Field(default=0.5, gt=0, description="floor when slowed down by 429s")
     recovery_s: float = Field(default=60.0, gt=0, description="time to climb back to the full rate")
+    requests_per_day: int | None = Field(
+        default=None,
+        ge=1,
+        description="cap per calendar day (UTC); scans are spread over the day, and once it is spent only "
+        "the sink's commands and `epic-bridge check` still go (None: no daily cap)",
+    )
+    tools_share: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="share of the rate (and day cap) kept for standalone tools (`check`, `backfill`) run "
+        "beside the bridge: the bridge uses the rest, a tool this share, so together they stay within it",
+    )
 
 
 class TimeoutConfig(_Strict):
@@ -269,13 +291,16 @@ class ConnectionConfig(_Strict):
     token_refresh_margin_s: float = Field(default=60.0, ge=0, description="refresh this long before expiry")
     sink: SinkConfig = Field(default_factory=SinkConfig, description="commands: concurrency, deadlines, caps")
     source: SourceConfig = Field(default_factory=SourceConfig, description="source-side tuning")
+    hints: HintsConfig = Field(
+        default_factory=HintsConfig, description="change hints: the hints topic and the HL7v2 listener"
+    )
 
     _source_dir: Path | None = PrivateAttr(default=None)
 
     @field_validator("fhir_base_url")
     @classmethod
     def _base(cls, v: str) -> str:
-        _check_url(v, "fhir_base_url")
+        check_url(v, "fhir_base_url")
         if urlsplit(v).query or urlsplit(v).fragment:
             raise ValueError("fhir_base_url must not have a query or fragment")
         return v if v.endswith("/") else v + "/"

@@ -1,5 +1,6 @@
-"""FHIR R4 client: errors, retries, rate limiting, capabilities."""
+"""FHIR R4 client: errors, retries, the request budget, capabilities."""
 
+from bridge.fhir.budget import Priority, RequestBudget
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import CreateResult, FHIRClient, OutcomeMessage, SearchPage
 from bridge.fhir.errors import (
@@ -17,10 +18,8 @@ from bridge.fhir.errors import (
     FHIRTransportError,
     FHIRUnauthorized,
 )
-from bridge.fhir.ratelimit import AdaptiveRateLimiter
 
 __all__ = [
-    "AdaptiveRateLimiter",
     "Capabilities",
     "CreateResult",
     "CrossOriginLinkError",
@@ -38,5 +37,7 @@ __all__ = [
     "FHIRTransportError",
     "FHIRUnauthorized",
     "OutcomeMessage",
+    "Priority",
+    "RequestBudget",
     "SearchPage",
 ]

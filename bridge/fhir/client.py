@@ -1,9 +1,10 @@
-"""Async FHIR R4 client: one pooled httpx client per connection, retries, rate limit, typed errors.
+"""Async FHIR R4 client: one pooled httpx client per connection, retries, request budget, typed errors.
 
 - every request sends ``Accept: application/fhir+json`` (Epic answers XML otherwise) and ``Epic-Client-ID``;
 - ``next`` links are followed exactly as given, but only on the connection's own origin;
 - ``search.mode = outcome`` entries (and any OperationOutcome entry) are messages, not resources;
-- search results stream page by page (``search_pages``) or resource by resource (``search``).
+- search results stream page by page (``search_pages``) or resource by resource (``search``);
+- every request (each retry too) draws from the connection's request budget at the client's priority.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import urljoin
 import httpx
 
 from bridge.auth.manager import CrossOriginAuthError, origin_of
+from bridge.fhir.budget import Priority, RequestBudget
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.errors import (
     CrossOriginLinkError,
@@ -33,7 +35,6 @@ from bridge.fhir.errors import (
     outcome_issues,
     translate_transport_error,
 )
-from bridge.fhir.ratelimit import AdaptiveRateLimiter
 from bridge.metrics import Metrics
 from bridge.retry import RetryPolicy, Sleep, parse_retry_after, send_with_retry
 
@@ -159,7 +160,8 @@ class FHIRClient:
         http: httpx.AsyncClient,
         auth: httpx.Auth | None = None,
         client_id: str | None = None,
-        limiter: AdaptiveRateLimiter | None = None,
+        budget: RequestBudget | None = None,
+        priority: Priority = Priority.SCHEDULED,
         retry: RetryPolicy | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
@@ -171,7 +173,8 @@ class FHIRClient:
         self._http = http
         self._auth = auth
         self._client_id = client_id
-        self.limiter = limiter or AdaptiveRateLimiter(10.0, 10)
+        self.budget = budget or RequestBudget(10.0, 10)
+        self.priority = priority
         self._retry = retry or RetryPolicy()
         self._sleep = sleep
         self._rng = rng or random.Random()
@@ -182,7 +185,7 @@ class FHIRClient:
         self._connection = connection
 
     def __repr__(self) -> str:
-        return f"FHIRClient(base_url={self.base_url!r})"
+        return f"FHIRClient(base_url={self.base_url!r}, priority={self.priority.label})"
 
     # -- URLs -------------------------------------------------------------------------------------
     def resolve(self, url: str) -> str:
@@ -213,10 +216,15 @@ class FHIRClient:
             self._metrics.fhir_retries.labels(self._connection, reason).inc()
 
     def _on_throttled(self, retry_after: float | None) -> None:
-        self.limiter.on_throttled(retry_after)
+        self.budget.on_throttled(retry_after)
         if self._metrics is not None:
             self._metrics.fhir_throttled.labels(self._connection).inc()
-            self._metrics.rate_limit.labels(self._connection).set(self.limiter.rate)
+            self._metrics.rate_limit.labels(self._connection).set(self.budget.rate)
+
+    async def _acquire(self) -> None:
+        waited = await self.budget.acquire(self.priority)
+        if waited and self._metrics is not None:
+            self._metrics.rate_limiter_wait.labels(self._connection).inc(waited)
 
     def _observe(self, method: str, status: str, started: float) -> None:
         if self._metrics is not None:
@@ -244,9 +252,7 @@ class FHIRClient:
         query = _query(params)
 
         async def once() -> httpx.Response:
-            waited = await self.limiter.acquire()
-            if waited and self._metrics is not None:
-                self._metrics.rate_limiter_wait.labels(self._connection).inc(waited)
+            await self._acquire()
             return await self._http.request(
                 method,
                 target,

@@ -56,7 +56,11 @@ class CrossOriginLinkError(FHIRError):
 
 
 class FHIRHTTPError(FHIRError):
-    """An HTTP error answer: ``code`` is Epic's (else the issue's) code, ``outcome`` the OperationOutcome."""
+    """An HTTP error answer: ``code`` is Epic's (else the issue's) code, ``outcome`` the OperationOutcome.
+
+    ``server_text`` is the part of the message the server wrote (the OperationOutcome's words, which can
+    quote patient data): log lines hide it (``bridge.logs.error_text``); results keep the whole message.
+    """
 
     def __init__(
         self,
@@ -69,8 +73,10 @@ class FHIRHTTPError(FHIRError):
         path: str = "",
         retry_after: float | None = None,
         www_authenticate: str | None = None,
+        server_text: str | None = None,
     ) -> None:
         self.status = status
+        self.server_text = server_text
         self.code = code
         self.outcome = outcome
         self.method = method
@@ -168,12 +174,14 @@ def error_from_response(response: httpx.Response, *, retry_after: float | None =
     outcome = _outcome_of(response)
     code: str | None = None
     message = response.reason_phrase or "error"
+    server_text: str | None = None
     if outcome is not None:
         issues = outcome_issues(outcome)
         errors = [i for i in issues if i.get("severity") in ("error", "fatal")] or issues
         if errors:
             code = issue_code(errors[0])
-            message = issue_text(errors[0]) or message
+            server_text = issue_text(errors[0]) or None
+            message = server_text or message
     elif "html" in response.headers.get("Content-Type", "") and status == 404:
         message = "not found (HTML page: unknown resource type or wrong base URL)"
     cls = _BY_STATUS.get(status, FHIRServerError if status >= 500 else FHIRHTTPError)
@@ -186,6 +194,7 @@ def error_from_response(response: httpx.Response, *, retry_after: float | None =
         path=response.request.url.path,
         retry_after=retry_after,
         www_authenticate=response.headers.get("WWW-Authenticate"),
+        server_text=server_text,
     )
 
 

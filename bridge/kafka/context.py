@@ -9,8 +9,12 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.config.models import check_url
+from bridge.config.secrets import SecretRef
+from bridge.kafka.security import client_config, refuse_inline_secrets, registry_config
 
 
 class KafkaSettings(BaseSettings):
@@ -24,7 +28,31 @@ class KafkaSettings(BaseSettings):
     )
     kafka_config: dict[str, str] = Field(
         default_factory=dict,
-        description="extra librdkafka settings (security.protocol, sasl.*, ...) as a JSON object",
+        description="extra librdkafka settings (security.protocol, sasl.mechanism, sasl.username, "
+        "ssl.ca.location, ...) as a JSON object; secrets are refused here (see kafka_secrets)",
+    )
+    kafka_secrets: dict[str, SecretRef] = Field(
+        default_factory=dict,
+        description='librdkafka settings that are secrets, each by reference: {"sasl.password": '
+        '{"env": "KAFKA_PASSWORD"}} or {"sasl.password": {"file": "/run/secrets/kafka-password"}}',
+    )
+    schema_registry_user: str | None = Field(
+        default=None, description="registry basic auth: user (or API key)"
+    )
+    schema_registry_password: SecretRef | None = Field(
+        default=None, description='registry basic auth: password (or API secret) by reference, {"env": ...}'
+    )
+    schema_registry_ca_file: Path | None = Field(
+        default=None, description="CA bundle (PEM) that signs the registry's certificate; default: certifi's"
+    )
+    schema_registry_cert_file: Path | None = Field(
+        default=None, description="client certificate (PEM) for a registry that asks for one"
+    )
+    schema_registry_key_file: Path | None = Field(
+        default=None, description="the client certificate's key (PEM)"
+    )
+    schema_registry_key_password: SecretRef | None = Field(
+        default=None, description="passphrase of an encrypted key file, by reference"
     )
     instance_id: str = Field(
         default_factory=socket.gethostname,
@@ -33,6 +61,13 @@ class KafkaSettings(BaseSettings):
     )
     state_dir: Path = Field(default=Path(".bridge-state"), description="local caches of the internal topics")
     topic_replication_factor: int = Field(default=-1, description="-1: the broker's default")
+    topic_min_insync_replicas: int | None = Field(
+        default=None,
+        ge=1,
+        description="min.insync.replicas of the internal topics the bridge creates (_offsets, _state, "
+        "_command-results); default: the cluster's",
+    )
+
     idempotency_window_days: float = Field(
         default=7.0,
         gt=0,
@@ -42,13 +77,32 @@ class KafkaSettings(BaseSettings):
         "it runs again",
     )
 
+    _no_inline_secrets = field_validator("kafka_config")(refuse_inline_secrets)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> KafkaSettings:
+        both = sorted(set(self.kafka_config) & set(self.kafka_secrets))
+        if both:
+            raise ValueError(f"{', '.join(both)} set in both kafka_config and kafka_secrets: keep one")
+        if (self.schema_registry_user is None) != (self.schema_registry_password is None):
+            raise ValueError("registry basic auth needs schema_registry_user and schema_registry_password")
+        has_key = self.schema_registry_key_file is not None or self.schema_registry_key_password is not None
+        if has_key and self.schema_registry_cert_file is None:
+            raise ValueError("schema_registry_key_file/_key_password need schema_registry_cert_file")
+        what = "schema_registry_url"
+        if self.schema_registry_password is not None:  # basic auth sends the password in every request
+            what += " (with basic auth)"
+        check_url(self.schema_registry_url, what, require_tls=self.schema_registry_password is not None)
+        return self
+
 
 class KafkaContext:
     def __init__(self, settings: KafkaSettings) -> None:
+        """Resolves the secret references (SecretResolutionError names one that points at nothing)."""
         self.settings = settings
-        self.config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, **settings.kafka_config}
+        self.config: dict[str, Any] = client_config(settings)
         self.admin = AdminClient(dict(self.config))
-        self.registry = SchemaRegistryClient({"url": settings.schema_registry_url})
+        self.registry = SchemaRegistryClient(registry_config(settings))
 
     def transactional_id(self, *parts: str) -> str:
         """Per instance: for work split among instances by a consumer group (the sink), where the group

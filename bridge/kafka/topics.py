@@ -16,9 +16,9 @@ log = logging.getLogger(__name__)
 
 # Internal topics hold the latest value per key (cursors, fingerprints, command outcomes): they must
 # be compacted, never deleted by retention, or a restart would forget what was already published.
+# min.insync.replicas is the cluster's unless the operator sets one (KafkaSettings).
 COMPACTED: Mapping[str, str] = {
     "cleanup.policy": "compact",
-    "min.insync.replicas": "1",
     "segment.ms": "3600000",
     "min.cleanable.dirty.ratio": "0.1",
 }
@@ -38,6 +38,10 @@ def results_topic(prefix: str, connection: str) -> str:
 
 def dlq_topic(prefix: str, connection: str) -> str:
     return f"{prefix}.{connection}.dlq"
+
+
+def hints_topic(prefix: str, connection: str) -> str:
+    return f"{prefix}.{connection}.hints"
 
 
 def offsets_topic(prefix: str) -> str:
@@ -63,8 +67,18 @@ class TopicSpec:
     required: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
-    def compacted(cls, name: str, partitions: int = 1, replication_factor: int = -1) -> TopicSpec:
-        return cls(name, partitions, replication_factor, dict(COMPACTED), {"cleanup.policy": "compact"})
+    def compacted(
+        cls,
+        name: str,
+        partitions: int = 1,
+        replication_factor: int = -1,
+        min_insync_replicas: int | None = None,
+    ) -> TopicSpec:
+        """An internal topic; `min_insync_replicas` None keeps the cluster's default."""
+        config = dict(COMPACTED)
+        if min_insync_replicas is not None:
+            config["min.insync.replicas"] = str(min_insync_replicas)
+        return cls(name, partitions, replication_factor, config, {"cleanup.policy": "compact"})
 
 
 def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:

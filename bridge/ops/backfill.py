@@ -21,6 +21,7 @@ from typing import Any
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
+from bridge.fhir.budget import Priority
 from bridge.fhir.errors import FHIRNotFound
 from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.context import KafkaContext
@@ -70,27 +71,28 @@ async def _resources(
     """Pages of resources, each with whether it completes a roster patient."""
     since_text = None if since is None else since.isoformat()
     caps = await connection.fhir.capabilities()
+    fhir = connection.fhir_client(priority=Priority.BULK)  # last in the budget: never ahead of commands
     if not plan.uses_roster:
         progress.start(None)
         for variant in plan.variants:
-            async for page in connection.fhir.search_pages(
+            async for page in fhir.search_pages(
                 plan.resource_type, plan.params(variant, None, since_text, None)
             ):
                 yield page.resources, False
         return
-    roster = build_roster(cfg.roster, connection.fhir, caps, seen, cfg.name)
+    roster = build_roster(cfg.roster, fhir, caps, seen, cfg.name)
     patients = [pid async for pid in roster.patient_ids(None)]
     progress.start(len(patients))
     for pid in patients:
         if plan.mode == "read":
             try:
-                yield [await connection.fhir.read(plan.resource_type, pid)], True
+                yield [await fhir.read(plan.resource_type, pid)], True
             except FHIRNotFound:
                 yield [], True
             continue
         for variant in plan.variants:
             params = plan.params(variant, pid, since_text, since_text)
-            async for page in connection.fhir.search_pages(plan.resource_type, params):
+            async for page in fhir.search_pages(plan.resource_type, params):
                 yield page.resources, False
         yield [], True
 
@@ -145,11 +147,15 @@ async def backfill(
                     progress.events(events)
 
             async for resources, patient_done in _resources(connection, cfg, plan, seen, since, progress):
-                for resource in resources:
-                    if resource.get("resourceType") == resource_type and isinstance(resource.get("id"), str):
-                        pending[resource["id"]] = Change(
-                            resource, fingerprint(resource), patient_id_of(resource), Trigger.CREATED
-                        )
+                mine = {
+                    r["id"]: r
+                    for r in resources
+                    if r.get("resourceType") == resource_type and isinstance(r.get("id"), str)
+                }
+                known = seen.lookup(cfg.name, resource_type, mine)  # their change counts go on
+                for rid, resource in mine.items():
+                    fp, pid = fingerprint(resource), patient_id_of(resource)
+                    pending[rid] = Change(resource, fp, pid, Trigger.CREATED, known.get(rid))
                 if len(pending) >= BATCH:
                     await flush()
                 if patient_done:

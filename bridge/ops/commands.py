@@ -49,6 +49,9 @@ def _criteria(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_send(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    import dataclasses
+
+    from bridge.client import ClientError
     from bridge.ops.send import build_command, send_and_wait
 
     cfg = load_connection(settings.config_dir, args.connection)
@@ -57,24 +60,26 @@ def cmd_send(args: argparse.Namespace, settings: BridgeSettings) -> int:
         text = sys.stdin.read() if args.resource_json == "-" else Path(args.resource_json).read_text()
         resource = json.loads(text)
     command = build_command(
-        args.action, command_id=args.command_id, resource=resource, criteria=_criteria(args.criteria or [])
+        args.resource_type,
+        args.action,
+        command_id=args.command_id,
+        resource=resource,
+        criteria=_criteria(args.criteria or []),
     )
-    print(
-        f"sent {args.action} {args.resource_type} as command {command['command_id']}, waiting for its result"
-    )
-    result = send_and_wait(
-        _kafka(settings), cfg.topic_prefix, cfg.name, args.resource_type, command, args.key, args.timeout
-    )
+    print(f"sent {args.action} {args.resource_type} as command {command.command_id}, waiting for its result")
+    try:
+        result = send_and_wait(_kafka(settings), cfg.topic_prefix, cfg.name, command, args.key, args.timeout)
+    except ClientError as exc:
+        print(f"epic-bridge send: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     if result is None:
         print(
             f"no result within {args.timeout:.0f}s (is `epic-bridge run` serving this connection?)",
             file=sys.stderr,
         )
         return EXIT_FAILED
-    for field in ("received_at", "completed_at"):
-        result[field] = str(result.get(field))
-    print(json.dumps(result, indent=2, default=str))
-    return EXIT_OK if result["status"] in ("SUCCEEDED", "NOT_FOUND") else EXIT_FAILED
+    print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
+    return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def cmd_status(args: argparse.Namespace, settings: BridgeSettings) -> int:
@@ -164,7 +169,7 @@ def cmd_backfill(args: argparse.Namespace, settings: BridgeSettings) -> int:
                         task, advance=1, description=f"{cfg.name}/{rtype}: {events} events"
                     ),
                 )
-                async with await Connection.open(cfg, store=store) as connection:
+                async with await Connection.open(cfg, store=store, tool=True) as connection:
                     return await job.backfill(
                         cfg, rtype, _kafka(settings), connection, since=since, progress=progress
                     )
@@ -189,6 +194,25 @@ def _credential_store(settings: BridgeSettings, cfg: Any) -> Any:
 
 
 RESOURCES = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
+
+
+def cmd_asyncapi(args: argparse.Namespace, settings: BridgeSettings) -> int:
+    from bridge.ops.asyncapi import render
+
+    text = render()
+    if args.check:
+        current = Path(args.out).read_text() if Path(args.out).exists() else ""
+        if current != text:
+            print(f"{args.out} is out of date: run `epic-bridge asyncapi --out {args.out}`", file=sys.stderr)
+            return EXIT_FAILED
+        print(f"{args.out} is up to date")
+        return EXIT_OK
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    return EXIT_OK
 
 
 def add_ops_commands(sub: Any) -> None:
@@ -221,6 +245,11 @@ def add_ops_commands(sub: Any) -> None:
         "--since", help="only what changed (or is dated) since this day, YYYY-MM-DD, where supported"
     )
     c.set_defaults(func=cmd_backfill)
+
+    c = sub.add_parser("asyncapi", help="write the AsyncAPI 3 document of the bridge's topics")
+    c.add_argument("--out", default="docs/asyncapi.yaml", help="file to write ('-': standard output)")
+    c.add_argument("--check", action="store_true", help="only check that --out is up to date (exit 1 if not)")
+    c.set_defaults(func=cmd_asyncapi)
 
     c = sub.add_parser("reset-cursor", help="make a poll task start over (stop the bridge first)")
     c.add_argument("connection")

@@ -7,15 +7,11 @@ dates). Names and other identifying fields are left out unless EPIC_BRIDGE_LOG_P
 from __future__ import annotations
 
 import datetime as dt
-import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any, TextIO
 
-from confluent_kafka import Consumer, KafkaError
-from confluent_kafka.schema_registry.avro import AvroDeserializer
-from confluent_kafka.serialization import MessageField, SerializationContext
-
+from bridge.client import Event, EventReader, NotAnEvent, Topics
 from bridge.kafka.context import KafkaContext
 from bridge.logs import patient_data
 
@@ -30,10 +26,10 @@ def _when(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if isinstance(value, dt.datetime) else ""
 
 
-def summarize(event: Mapping[str, Any]) -> str:
+def summarize(event: Event) -> str:
     """The non-identifying gist of an event's projection."""
-    rtype = str(event.get("resource_type", ""))
-    p: Mapping[str, Any] = event.get(rtype.lower()) or {}
+    rtype = event.resource_type
+    p: Mapping[str, Any] = event.projection
     if rtype == "Patient":
         parts = [
             str(p.get("gender") or ""),
@@ -58,12 +54,10 @@ def summarize(event: Mapping[str, Any]) -> str:
     return "  ".join(x for x in parts if x)
 
 
-def format_line(event: Mapping[str, Any]) -> str:
-    detected = event.get("detected_at")
-    when = detected.strftime("%H:%M:%S") if isinstance(detected, dt.datetime) else "--:--:--"
-    resource = f"{event.get('resource_type')}/{event.get('resource_id')}"
-    patient = event.get("patient_id") or "-"
-    return f"{when}  {event.get('trigger', ''):7}  {resource:48}  patient={patient:28}  {summarize(event)}"
+def format_line(event: Event) -> str:
+    when = event.detected_at.strftime("%H:%M:%S")
+    patient = event.patient_id or "-"
+    return f"{when}  {event.trigger.value:7}  {event.reference:48}  patient={patient:28}  {summarize(event)}"
 
 
 def tail(
@@ -77,34 +71,24 @@ def tail(
     limit: int | None = None,
 ) -> int:
     """Print events until `stop()` or `limit` events; returns how many were printed."""
-    pattern = f"^{re.escape(prefix)}\\.{re.escape(connection)}\\.[a-z]+\\.events$"
-    consumer = Consumer(
-        {
-            **kafka.config,
-            "group.id": f"epic-bridge-tail-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest" if from_beginning else "latest",
-            "isolation.level": "read_committed",
-            "topic.metadata.refresh.interval.ms": 5000,
-        }
-    )
-    deserialize = AvroDeserializer(kafka.registry)
     printed = 0
-    consumer.subscribe([pattern])
-    try:
+    with EventReader(
+        kafka.config,
+        kafka.registry,
+        Topics(connection, prefix),
+        f"epic-bridge-tail-{uuid.uuid4().hex[:8]}",
+        from_beginning=from_beginning,
+        on_error=lambda error: out.write(f"# {error}\n"),
+    ) as events:
         while not stop() and (limit is None or printed < limit):
-            msg = consumer.poll(0.5)
-            if msg is None:
+            try:
+                event = events.poll(0.5)
+            except NotAnEvent as exc:
+                out.write(f"# {exc}\n")
                 continue
-            error = msg.error()
-            if error is not None:
-                if error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                    out.write(f"# {error}\n")
+            if event is None:
                 continue
-            event = deserialize(msg.value(), SerializationContext(str(msg.topic()), MessageField.VALUE))
             out.write(format_line(event) + "\n")
             out.flush()
             printed += 1
-    finally:
-        consumer.close()
     return printed

@@ -18,7 +18,7 @@ from bridge.fhir.client import FHIRClient, parse_bundle
 from bridge.fhir.errors import FHIRProtocolError
 from bridge.sink.builders import Invalid, patient_of
 from bridge.sink.calls import AmbiguousCreate, CommandCalls
-from bridge.sink.failures import Failure, GiveUp
+from bridge.sink.failures import Failure, GiveUp, failure_summary
 from bridge.sink.model import ErrorInfo
 from bridge.sink.search import search_all
 
@@ -150,7 +150,8 @@ async def book(
             slot_start = _parse_instant(str(slot.get("start")))
             await calls.sleep(settle_s)  # let a request still in flight land
             log.warning(
-                "$book interrupted (%s); checking the slot before booking again", unsure.failure.error.message
+                "$book interrupted (%s); checking the slot before booking again",
+                failure_summary(unsure.failure),
             )
             found = await booked_in_window(fhir, calls, request, start=slot_start, deadline=recovery_deadline)
             if found:

@@ -26,11 +26,12 @@ from typing import Any
 from bridge.config.models import ConnectionConfig
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
+from bridge.logs import pseudonym
 from bridge.sink import appointments
 from bridge.sink.builders import Invalid, build, check_for_server
 from bridge.sink.calls import AmbiguousCreate, Backoff, CommandCalls, Sleep
 from bridge.sink.criteria import UnsupportedCriteria, check_criteria
-from bridge.sink.failures import Failure, GiveUp
+from bridge.sink.failures import Failure, GiveUp, failure_summary
 from bridge.sink.identity import (
     NATURAL_KEYS,
     carries_marker,
@@ -272,7 +273,7 @@ class FHIRExecutor:
             log.info(
                 "command %s: the interrupted create had gone through (%s)",
                 command.command_id,
-                mine[0].get("id"),
+                pseudonym(mine[0].get("id")),
             )
             return self._created(mine[0], calls)
         if matches.truncated and len(matches.resources) <= 1:
@@ -349,7 +350,7 @@ class FHIRExecutor:
                 log.info(
                     "command %s: the interrupted create had gone through (%s)",
                     command.command_id,
-                    found.get("id"),
+                    pseudonym(found.get("id")),
                 )
                 return self._created(found, calls)
         while True:
@@ -386,7 +387,10 @@ class FHIRExecutor:
             )
         except GiveUp as exc:  # created all the same: answer with the id
             log.warning(
-                "command %s: created %s but could not read it back: %s", command.command_id, created_id, exc
+                "command %s: created %s but could not read it back (%s)",
+                command.command_id,
+                pseudonym(created_id),
+                failure_summary(exc.failure),
             )
             return Outcome(Status.SUCCEEDED, Effect.CREATED, (created_id,), attempts=calls.attempts)
         return self._observed(self._created(read_back, calls), read_back, marker)

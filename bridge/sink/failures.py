@@ -83,3 +83,12 @@ def classify(exc: BaseException, *, creating: bool = False) -> Failure | None:
     if isinstance(exc, AuthError):
         return Failure(ErrorInfo(f"no access token: {exc}"), retriable=False, ambiguous=False)
     return None
+
+
+def failure_summary(failure: Failure) -> str:
+    """For a log line: the HTTP status and Epic's code, not the message (it can quote patient data)."""
+    error = failure.error
+    parts = [f"HTTP {error.http_status}" if error.http_status is not None else "no HTTP answer"]
+    if error.epic_code:
+        parts.append(f"code {error.epic_code}")
+    return ", ".join(parts) + (", retriable" if failure.retriable else "")

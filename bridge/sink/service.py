@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException
@@ -18,11 +18,11 @@ from confluent_kafka.admin import AdminClient
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
+from bridge.fhir.budget import Priority
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.errors import TopicConfigError
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import (
-    COMPACTED,
     TopicSpec,
     command_results_topic,
     commands_topic,
@@ -68,20 +68,25 @@ class SinkTopics:
             command_results_topic(prefix),
         )
 
-    def specs(self, replication_factor: int, window_days: float = 7.0) -> list[TopicSpec]:
+    def specs(
+        self, replication_factor: int, min_insync_replicas: int | None = None, window_days: float = 7.0
+    ) -> list[TopicSpec]:
         return [
             *(TopicSpec(t, COMMAND_PARTITIONS, replication_factor) for t in self.commands),
             TopicSpec(self.results, COMMAND_PARTITIONS, replication_factor),
             TopicSpec(self.dlq, 1, replication_factor),
-            ledger_spec(self.ledger, replication_factor, window_days),
+            ledger_spec(self.ledger, replication_factor, window_days, min_insync_replicas),
         ]
 
 
-def ledger_spec(topic: str, replication_factor: int, window_days: float) -> TopicSpec:
+def ledger_spec(
+    topic: str, replication_factor: int, window_days: float, min_insync_replicas: int | None = None
+) -> TopicSpec:
     """Compacted (the latest entry per command id) and deleted after the idempotency window: the ledger
-    must not keep what commands did forever."""
-    config = {**COMPACTED, "cleanup.policy": "compact,delete", "retention.ms": str(int(window_days * DAY_MS))}
-    return TopicSpec(topic, 1, replication_factor, config)
+    must not keep what commands did forever. An existing topic is checked by check_ledger_topic."""
+    spec = TopicSpec.compacted(topic, 1, replication_factor, min_insync_replicas)
+    retention = {"cleanup.policy": "compact,delete", "retention.ms": str(int(window_days * DAY_MS))}
+    return replace(spec, config={**spec.config, **retention}, required={})
 
 
 def check_ledger_topic(admin: AdminClient, topic: str) -> None:
@@ -171,7 +176,11 @@ async def run_sink(
     if not topics.commands:
         log.info("connection %s: no resource has actions enabled; the sink does not run", config.name)
         return
-    specs = topics.specs(kafka.settings.topic_replication_factor, kafka.settings.idempotency_window_days)
+    specs = topics.specs(
+        kafka.settings.topic_replication_factor,
+        kafka.settings.topic_min_insync_replicas,
+        kafka.settings.idempotency_window_days,
+    )
     await asyncio.to_thread(ensure_topics, kafka.admin, specs)
     await asyncio.to_thread(check_ledger_topic, kafka.admin, topics.ledger)
     producer = TransactionalProducer(kafka.config, kafka.transactional_id(config.name, "sink"))
@@ -215,10 +224,10 @@ async def run_sink(
             producer=producer,
             ledger=ledger,
             registry=kafka.registry,
-            # Same pool, token manager and rate limiter as the connection; retries are the executor's
-            # (it knows each command's deadline and never repeats a create blindly).
+            # Same pool, token manager and request budget as the connection (commands go first in it);
+            # retries are the executor's (it knows each command's deadline and never repeats a create).
             executor=FHIRExecutor(
-                connection.fhir_client(retry=RetryPolicy(max_attempts=1)),
+                connection.fhir_client(priority=Priority.INTERACTIVE, retry=RetryPolicy(max_attempts=1)),
                 config,
                 capabilities=connection.fhir.capabilities,
                 on_partial=None if metrics is None else partial_recorder(metrics, config.name),

@@ -36,7 +36,7 @@ class Batch:
     def add(self, changes: Iterable[Change]) -> None:
         for change in changes:
             self.changes.append(change)
-            self.pending[change.resource_id] = Seen(change.fingerprint, change.patient_id)
+            self.pending[change.resource_id] = change.seen()
 
     def age_s(self) -> float:
         return time.monotonic() - self.opened

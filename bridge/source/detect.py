@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.source.events import Trigger
+from bridge.source.events import Trigger, change_identity
 from bridge.source.fingerprint import fingerprint
 from bridge.source.projection import patient_id_of
 from bridge.source.state import Seen
@@ -19,10 +19,25 @@ class Change:
     patient_id: str | None
     # None: recorded silently (the baseline of an initial sync in from-now mode)
     trigger: Trigger | None
+    previous: Seen | None = None  # what the state store had; None on first sight
 
     @property
     def resource_id(self) -> str:
         return str(self.resource["id"])
+
+    @property
+    def identity(self) -> str:
+        """Names this change for its event id (see ``bridge.source.events``)."""
+        if self.previous is None:
+            return change_identity(self.fingerprint)
+        return change_identity(self.fingerprint, self.previous.fingerprint, self.previous.changes)
+
+    def seen(self) -> Seen:
+        """What the state store records for this resource once the change is committed."""
+        if self.previous is None:
+            return Seen(self.fingerprint, self.patient_id)
+        changed = self.previous.fingerprint != self.fingerprint  # a snapshot re-publishes unchanged ones
+        return Seen(self.fingerprint, self.patient_id, self.previous.changes + changed)
 
 
 def detect_changes(
@@ -45,5 +60,5 @@ def detect_changes(
         if before is not None and before.fingerprint == fp:
             continue
         trigger = None if silent else (Trigger.CREATED if before is None else Trigger.UPDATED)
-        changes.append(Change(resource, fp, patient_id_of(resource), trigger))
+        changes.append(Change(resource, fp, patient_id_of(resource), trigger, before))
     return changes

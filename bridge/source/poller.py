@@ -23,6 +23,7 @@ from bridge.config.models import ConnectionConfig
 from bridge.fhir.client import FHIRClient, SearchPage
 from bridge.fhir.errors import FHIRError, FHIRNotFound
 from bridge.kafka.transactions import TransactionAbortedError
+from bridge.logs import error_text, pseudonym
 from bridge.metrics import Metrics
 from bridge.source.batch import Batch
 from bridge.source.cycle import CycleState, iso, now_utc, parse_iso
@@ -115,7 +116,7 @@ class PollTask:
                 continue
             except FHIRError as exc:
                 # e.g. the Group roster or an unanchored search failed for good: next cycle, from the cursor
-                log.warning("%s: cycle did not complete: %s: %s", self.name, type(exc).__name__, exc)
+                log.warning("%s: cycle did not complete: %s", self.name, error_text(exc))
                 if self._metrics is not None:
                     self._metrics.polls.labels(self.connection, self.plan.task, "error").inc()
             if cycles is not None and done >= cycles:
@@ -206,7 +207,7 @@ class PollTask:
                 self.name,
                 len(failed),
                 self._src.patient_retries,
-                ", ".join(failed[:20]) + (" ..." if len(failed) > 20 else ""),
+                ", ".join(pseudonym(pid) for pid in failed[:20]) + (" ..." if len(failed) > 20 else ""),
             )
 
     def _mark_name(self, pid: str) -> str:
@@ -236,7 +237,7 @@ class PollTask:
                             raise Interrupted
         except FHIRError as exc:
             log.warning(
-                "%s: patient %s failed (attempt %d): %s: %s", self.name, pid, attempt, type(exc).__name__, exc
+                "%s: patient %s failed (attempt %d): %s", self.name, pseudonym(pid), attempt, error_text(exc)
             )
             if self._metrics is not None:
                 self._metrics.poll_errors.labels(self.connection, self.plan.task, type(exc).__name__).inc()
@@ -298,7 +299,7 @@ class PollTask:
         try:
             resource = await self._unless_stopped(self._fhir.read(self.plan.resource_type, pid))
         except FHIRNotFound:
-            log.info("%s: patient %s no longer exists", self.name, pid)
+            log.info("%s: patient %s no longer exists", self.name, pseudonym(pid))
             return
         if resource is not None:
             await self._take([resource])

@@ -21,7 +21,7 @@ from bridge.kafka.transactions import TransactionalProducer
 from bridge.source.cursors import Cursor, CursorStore
 from bridge.source.detect import Change
 from bridge.source.events import build_event
-from bridge.source.state import Seen, SeenStore
+from bridge.source.state import SeenStore
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class BatchPublisher:
                     detected_at=now,
                     cursor=cursor_text,
                     snapshot_run=snapshot_run,
+                    change=change.identity,
                 )
                 self._producer.produce(codec.topic, codec.encode(event), key=change.resource_id.encode())
                 events += 1
@@ -91,7 +92,7 @@ class BatchPublisher:
                     self.connection,
                     resource_type,
                     change.resource_id,
-                    Seen(change.fingerprint, change.patient_id),
+                    change.seen(),
                 )
             )
         for name, extra in extra_cursors.items():

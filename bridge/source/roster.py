@@ -8,13 +8,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import math
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from bridge.config.models import GroupRoster, RosterConfig, SeenPatientsRoster, StaticRoster
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
 from bridge.fhir.errors import FHIRError
+from bridge.logs import error_text
 from bridge.source.fhir_values import items, mapping, reference_id
 from bridge.source.state import SeenStore
 
@@ -32,27 +35,49 @@ class Roster(Protocol):
 
 
 class StaticPatients:
-    def __init__(self, cfg: StaticRoster, fhir: FHIRClient, caps: Capabilities) -> None:
+    """Configured ids, and MRNs resolved once each. An MRN that matched no patient (not registered yet) or
+    several is asked again after ``mrn_retry_s``, not remembered as "none" for the life of the process.
+    Both maps hold configured MRNs only, so they stay as small as the config."""
+
+    def __init__(
+        self,
+        cfg: StaticRoster,
+        fhir: FHIRClient,
+        caps: Capabilities,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if cfg.mrns and not caps.supports_search_param("Patient", "identifier"):
             raise RosterError(
                 "the roster lists MRNs but the server does not list Patient `identifier` search"
             )
         self._cfg = cfg
         self._fhir = fhir
-        self._resolved: dict[str, str | None] = {}
+        self._clock = clock
+        self._resolved: dict[str, str] = {}
+        self._retry_at: dict[str, float] = {}  # unmatched MRN → when to look it up again
 
     async def _resolve(self, mrn: str) -> str | None:
-        if mrn not in self._resolved:
-            found: list[str] = []
-            params = [("identifier", f"{self._cfg.mrn_system}|{mrn}")]
-            async for page in self._fhir.search_pages("Patient", params):
-                found.extend(str(r["id"]) for r in page.resources if r.get("id"))
-            if len(found) != 1:
-                log.warning(
-                    "roster MRN #%d matched %d patients; skipped", self._cfg.mrns.index(mrn), len(found)
-                )
-            self._resolved[mrn] = found[0] if len(found) == 1 else None
-        return self._resolved[mrn]
+        if mrn in self._resolved:
+            return self._resolved[mrn]
+        if self._clock() < self._retry_at.get(mrn, -math.inf):
+            return None
+        found: list[str] = []
+        params = [("identifier", f"{self._cfg.mrn_system}|{mrn}")]
+        async for page in self._fhir.search_pages("Patient", params):
+            found.extend(str(r["id"]) for r in page.resources if r.get("id"))
+        if len(found) == 1:
+            self._retry_at.pop(mrn, None)
+            self._resolved[mrn] = found[0]
+            return found[0]
+        log.warning(
+            "roster MRN #%d matched %d patients; skipped, looked up again in %.0fs",
+            self._cfg.mrns.index(mrn),
+            len(found),
+            self._cfg.mrn_retry_s,
+        )
+        self._retry_at[mrn] = self._clock() + self._cfg.mrn_retry_s
+        return None
 
     async def patient_ids(self, after: str | None) -> AsyncIterator[str]:
         ids = set(self._cfg.patient_ids)
@@ -60,7 +85,9 @@ class StaticPatients:
             try:
                 pid = await self._resolve(mrn)
             except FHIRError as exc:  # one bad lookup must not stop the others; retried next cycle
-                log.warning("roster MRN #%d could not be resolved: %s", self._cfg.mrns.index(mrn), exc)
+                log.warning(
+                    "roster MRN #%d could not be resolved: %s", self._cfg.mrns.index(mrn), error_text(exc)
+                )
                 continue
             if pid is not None:
                 ids.add(pid)

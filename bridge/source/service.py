@@ -66,15 +66,17 @@ def source_resources(cfg: ConnectionConfig) -> list[str]:
     return sorted(r for r, rc in cfg.enabled_resources().items() if rc.triggers)
 
 
-def topic_specs(cfg: ConnectionConfig, replication_factor: int = -1) -> list[TopicSpec]:
+def topic_specs(
+    cfg: ConnectionConfig, replication_factor: int = -1, min_insync_replicas: int | None = None
+) -> list[TopicSpec]:
     specs = [
         TopicSpec(
             events_topic(cfg.topic_prefix, cfg.name, r.lower()), EVENT_TOPIC_PARTITIONS, replication_factor
         )
         for r in source_resources(cfg)
     ]
-    specs.append(TopicSpec.compacted(offsets_topic(cfg.topic_prefix), replication_factor=replication_factor))
-    specs.append(TopicSpec.compacted(state_topic(cfg.topic_prefix), replication_factor=replication_factor))
+    for internal in (offsets_topic(cfg.topic_prefix), state_topic(cfg.topic_prefix)):
+        specs.append(TopicSpec.compacted(internal, 1, replication_factor, min_insync_replicas))
     return specs
 
 
@@ -103,7 +105,9 @@ class SourceService:
     @classmethod
     def prepare(cls, cfg: ConnectionConfig, kafka: KafkaContext, tables: InternalTables) -> SourceService:
         """Blocking Kafka/registry set-up; run it in a worker thread from async code."""
-        created = ensure_topics(kafka.admin, topic_specs(cfg, kafka.settings.topic_replication_factor))
+        settings = kafka.settings
+        specs = topic_specs(cfg, settings.topic_replication_factor, settings.topic_min_insync_replicas)
+        created = ensure_topics(kafka.admin, specs)
         if created:
             log.info("%s: created topics %s", cfg.name, ", ".join(created))
         codecs: dict[str, TopicCodec] = {}

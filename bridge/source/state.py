@@ -18,6 +18,7 @@ from bridge.kafka.transactions import TransactionalProducer
 class Seen:
     fingerprint: str
     patient_id: str | None
+    changes: int = 0  # how often its fingerprint changed since first sight (names its next change)
 
 
 def state_key(connection: str, resource_type: str, resource_id: str) -> bytes:
@@ -43,7 +44,7 @@ class SeenStore:
         result: dict[str, Seen] = {}
         for key, raw in found.items():
             value = json.loads(raw)
-            result[keys[key]] = Seen(value["fp"], value.get("patient"))
+            result[keys[key]] = Seen(value["fp"], value.get("patient"), int(value.get("n", 0)))
         return result
 
     def stage(
@@ -57,7 +58,7 @@ class SeenStore:
         """Produce the new fingerprint into the open transaction; returns the write to apply after commit."""
         key = state_key(connection, resource_type, resource_id)
         value = json.dumps(
-            {"fp": seen.fingerprint, "patient": seen.patient_id}, separators=(",", ":")
+            {"fp": seen.fingerprint, "patient": seen.patient_id, "n": seen.changes}, separators=(",", ":")
         ).encode()
         producer.produce(self._table.topic, value, key=key)
         return key, value

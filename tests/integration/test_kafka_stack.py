@@ -12,12 +12,13 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AdminClient, ConfigResource, ConfigSource, ResourceType
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from kafka_support import read_topic
 
+from bridge.kafka.context import KafkaSettings
 from bridge.kafka.errors import TopicConfigError
 from bridge.kafka.registry import IncompatibleSchemaError, register_avro
 from bridge.kafka.topics import TopicSpec, ensure_topics, topic_config
@@ -142,6 +143,34 @@ def test_internal_topic_is_created_compacted_and_checked(
         assert ensure_topics(kafka_admin, [TopicSpec.compacted(name, partitions=3)]) == []
     finally:
         kafka_admin.delete_topics([name], operation_timeout=30)[name].result()
+
+
+def topic_overrides(admin: AdminClient, name: str) -> dict[str, str]:
+    """The settings the topic itself sets (not inherited from the broker or the cluster)."""
+    resource = ConfigResource(ResourceType.TOPIC, name)
+    entries = admin.describe_configs([resource], request_timeout=30)[resource].result()
+    return {k: e.value for k, e in entries.items() if e.source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("configured", [None, 1])
+def test_internal_topic_keeps_the_cluster_min_insync_replicas_unless_configured(
+    kafka_admin: AdminClient, unique_name: Callable[[str], str], configured: int | None
+) -> None:
+    name = unique_name("_offsets")
+    try:
+        ensure_topics(kafka_admin, [TopicSpec.compacted(name, min_insync_replicas=configured)])
+        overrides = topic_overrides(kafka_admin, name)
+        assert overrides["cleanup.policy"] == "compact"
+        assert overrides.get("min.insync.replicas") == (None if configured is None else str(configured))
+    finally:
+        kafka_admin.delete_topics([name], operation_timeout=30)[name].result()
+
+
+def test_min_insync_replicas_is_a_process_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert KafkaSettings().topic_min_insync_replicas is None
+    monkeypatch.setenv("EPIC_BRIDGE_TOPIC_MIN_INSYNC_REPLICAS", "2")
+    assert KafkaSettings().topic_min_insync_replicas == 2
 
 
 @pytest.mark.integration

@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -26,7 +25,6 @@ import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-MRN_SYSTEM = "urn:oid:1.2.840.114350.1.13.0.1.7.5.737384.14"
 RESOURCES = {"Patient", "Appointment", "Encounter", "Observation", "DocumentReference"}
 
 
@@ -110,16 +108,13 @@ def test_main_command_shows_all_five_resources_and_a_command_round_trip(
 ) -> None:
     with running_demo(tmp_path) as demo:
         wait_for(lambda: demo.resources_in_tail() == RESOURCES, "events of all five resources", demo)
-        send_env = {
-            **demo.env,
-            "EPIC_BRIDGE_STATE_DIR": str(demo.state),
-            "EPIC_BRIDGE_CONFIG_DIR": str(demo.state / "demo-configs"),
-        }
+        # the line it prints for a second terminal, run as printed in a shell without the demo's settings
+        lines = demo.output(len(demo.lines)).splitlines()
+        printed = lines[lines.index(next(x for x in lines if "In another terminal" in x)) + 1].strip()
+        fresh = {k: v for k, v in os.environ.items() if not k.startswith(("EPIC_BRIDGE_", "DEMO_"))}
         sent = subprocess.run(
-            [sys.executable, "-m", "bridge.cli", "send", "local-sim", "Patient", "FIND",
-             "--criteria", f"identifier={MRN_SYSTEM}|203711", "--timeout", "90"],
-            cwd=REPO, env=send_env, capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
+            ["bash", "-c", printed], cwd=REPO, env=fresh, capture_output=True, text=True, timeout=120
+        )
         assert sent.returncode == 0, sent.stdout + sent.stderr
         assert '"status": "SUCCEEDED"' in sent.stdout and "eq081-VQEgP8drUUqCWzHfw3" in sent.stdout
     assert "stopping the demo" in demo.output()

@@ -247,3 +247,28 @@ def test_one_change_gives_exactly_one_event(
     bridge.run.cycles(1)  # nothing changed since: nothing more
     again = read_all_events(kafka_bootstrap, schema_registry, bridge.topics)
     assert {t: len(v) for t, v in again.items()} == {t: len(v) for t, v in found.items()}
+
+
+def test_a_resource_that_flips_back_and_forth_gets_a_new_event_id_for_each_change(
+    bridge: Bridge, kafka_bootstrap: str, schema_registry: SchemaRegistryClient
+) -> None:
+    """booked → cancelled → booked → cancelled: four changes, four events, four ids (a consumer that
+    deduplicates on event_id must not drop the revert, nor the second cancellation)."""
+    sim, cfg = bridge.sim, bridge.cfg
+    topic = topic_of(cfg, "Appointment")
+    appointment = new_resource(sim, "Appointment")  # booked
+    bridge.run.cycles(1)
+    for status in ("cancelled", "booked", "cancelled"):
+        sim_update(sim, {**sim_read(sim, "Appointment", appointment["id"]), "status": status})
+        bridge.run.cycles(1)
+
+    events = read_all_events(kafka_bootstrap, schema_registry, [topic])[topic]
+    events = [e for e in events if e["resource_id"] == appointment["id"]]  # one key: in order
+    assert [(e["trigger"], json.loads(e["resource_json"])["status"]) for e in events] == [
+        ("CREATED", "booked"),
+        ("UPDATED", "cancelled"),
+        ("UPDATED", "booked"),
+        ("UPDATED", "cancelled"),
+    ]
+    assert len({e["event_id"] for e in events}) == 4
+    assert events[0]["fingerprint"] == events[2]["fingerprint"]  # the same content, yet another change

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import logging
+import re
 from collections.abc import Iterator
 
 import pytest
 
-from bridge.logs import ContextFilter, JsonFormatter, RedactingFilter, log_context, patient_data
+from bridge.fhir.errors import FHIRBadRequest
+from bridge.logs import (
+    SERVER_TEXT_HIDDEN,
+    ContextFilter,
+    JsonFormatter,
+    RedactingFilter,
+    error_text,
+    log_context,
+    log_handler,
+    patient_data,
+    pseudonym,
+)
 
 
 @pytest.fixture
@@ -59,3 +73,83 @@ def test_secrets_are_masked_in_json_lines(captured: io.StringIO) -> None:
     )
     [line] = lines(captured)
     assert "abcdefghijkl123" not in line["msg"] and "zzzzzzzzzzzz" not in line["msg"]
+
+
+@pytest.fixture
+def product_lines() -> Iterator[io.StringIO]:
+    """The bridge's own handler (every filter) on a test logger."""
+    stream = io.StringIO()
+    handler = log_handler("json", stream)
+    logger = logging.getLogger("test.patient")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield stream
+    logger.removeHandler(handler)
+
+
+def test_pseudonyms_are_keyed_stable_and_switchable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EPIC_BRIDGE_LOG_PATIENT_DATA", raising=False)
+    monkeypatch.delenv("EPIC_BRIDGE_LOG_PSEUDONYM_KEY", raising=False)
+    first = pseudonym("eq081-VQEgP8drUUqCWzHfw3")
+    assert first == pseudonym("eq081-VQEgP8drUUqCWzHfw3") != pseudonym("erXuFYUfucBZaryVksYEcMg3")
+    assert re.fullmatch(r"~[0-9a-f]{12}", first)
+    monkeypatch.setenv("EPIC_BRIDGE_LOG_PSEUDONYM_KEY", "shared by every replica")
+    keyed = pseudonym("eq081-VQEgP8drUUqCWzHfw3")
+    # what docs/operations.md tells an operator to compute to find a patient's lines
+    digest = hmac.new(b"shared by every replica", b"eq081-VQEgP8drUUqCWzHfw3", hashlib.sha256).hexdigest()
+    assert keyed == "~" + digest[:12]
+    assert keyed != first  # another key, another pseudonym; the same key gives the same one everywhere
+    monkeypatch.setenv("EPIC_BRIDGE_LOG_PSEUDONYM_KEY", "another")
+    assert pseudonym("eq081-VQEgP8drUUqCWzHfw3") not in (keyed, first)
+    monkeypatch.setenv("EPIC_BRIDGE_LOG_PATIENT_DATA", "1")
+    assert pseudonym("eq081-VQEgP8drUUqCWzHfw3") == "eq081-VQEgP8drUUqCWzHfw3"
+
+
+def test_library_lines_are_pseudonymised(product_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EPIC_BRIDGE_LOG_PATIENT_DATA", raising=False)
+    log = logging.getLogger("test.patient")
+    log.info(
+        "HTTP Request: GET http://h/api/FHIR/R4/Observation?patient=eq081-VQEgP8drUUqCWzHfw3&category=vital-signs"
+        '&_count=50 "HTTP/1.1 200 OK"'
+    )
+    log.debug("GET /api/FHIR/R4/Patient/erXuFYUfucBZaryVksYEcMg3 -> 200 in 3 ms")
+    log.info("committed 3 event(s) at %s", "cycle=2;after=eD.LxhDyX35TntF77l7etUA3")
+    log.info("GET /Patient?identifier=urn:oid:1.2.3|203711&given=Derrick")
+    log.info("Kafka/registry ready; R4/Patient searched; STU3/Appointment/$find")
+    text = product_lines.getvalue()
+    for value in (
+        "eq081-VQEgP8drUUqCWzHfw3",
+        "erXuFYUfucBZaryVksYEcMg3",
+        "eD.LxhDyX35TntF77l7etUA3",
+        "203711",
+    ):
+        assert value not in text
+    assert "Derrick" not in text
+    assert f"patient={pseudonym('eq081-VQEgP8drUUqCWzHfw3')}&category=vital-signs&_count=50" in text
+    assert f"Patient/{pseudonym('erXuFYUfucBZaryVksYEcMg3')} -> 200" in text
+    assert f"after={pseudonym('eD.LxhDyX35TntF77l7etUA3')}" in text
+    assert "Kafka/registry ready; R4/Patient searched; STU3/Appointment/$find" in text  # not ids: untouched
+
+
+def test_server_text_is_hidden_in_messages_and_tracebacks(
+    product_lines: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EPIC_BRIDGE_LOG_PATIENT_DATA", raising=False)
+    quoted = "No match for Lin, Derrick born 1973-06-03"
+    path = "/R4/Patient/eq081-VQEgP8drUUqCWzHfw3"
+    exc = FHIRBadRequest(400, quoted, code="59159", method="GET", path=path, server_text=quoted)
+    assert error_text(exc) == f"FHIRBadRequest: HTTP 400 GET {path}: {SERVER_TEXT_HIDDEN} (code 59159)"
+    log = logging.getLogger("test.patient")
+    log.warning("search failed: %s", error_text(exc))
+    try:
+        try:
+            raise exc
+        except FHIRBadRequest as inner:
+            raise RuntimeError("the handler failed") from inner
+    except RuntimeError:
+        log.exception("unexpected")
+    text = product_lines.getvalue()
+    assert "Lin, Derrick" not in text and "eq081-VQEgP8drUUqCWzHfw3" not in text
+    assert text.count(SERVER_TEXT_HIDDEN) >= 2 and "code 59159" in text
+    monkeypatch.setenv("EPIC_BRIDGE_LOG_PATIENT_DATA", "1")
+    assert quoted in error_text(exc)

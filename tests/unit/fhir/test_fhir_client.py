@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bridge.fhir.budget import RequestBudget
 from bridge.fhir.client import FHIRClient, SearchPage, parse_bundle
 from bridge.fhir.errors import (
     EPIC_CODE_SYSTEM,
@@ -20,7 +21,6 @@ from bridge.fhir.errors import (
     FHIRServerError,
     FHIRTimeout,
 )
-from bridge.fhir.ratelimit import AdaptiveRateLimiter
 from bridge.retry import RetryPolicy
 
 BASE = "https://epic.example.org/interconnect-fhir-oauth/api/FHIR/R4/"
@@ -82,8 +82,8 @@ def client(handler: Callable[[httpx.Request], httpx.Response], **kw: Any) -> tup
 
     http = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     kw.setdefault("retry", RetryPolicy(max_attempts=4, base_delay_s=0.01))
-    limiter = AdaptiveRateLimiter(1000, 1000, clock=lambda: now[0], sleep=limiter_sleep)
-    c = FHIRClient(base_url=BASE, http=http, client_id="client-1", sleep=sleep, limiter=limiter, **kw)
+    budget = RequestBudget(1000, 1000, clock=lambda: now[0], sleep=limiter_sleep)
+    c = FHIRClient(base_url=BASE, http=http, client_id="client-1", sleep=sleep, budget=budget, **kw)
     return c, slept
 
 
@@ -222,7 +222,7 @@ async def test_retries_honour_retry_after_then_succeed() -> None:
     c, slept = client(lambda r: answers.pop(0))
     await c.read("Patient", "p")
     assert slept[0] >= 3 and slept[1] >= 1 and slept[2] < 1
-    assert c.limiter.throttles == 2 and c.retries == 3
+    assert c.budget.throttles == 2 and c.retries == 3
 
 
 async def test_gives_up_with_typed_error() -> None:

@@ -13,9 +13,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.source.detect import Change, detect_changes
 from bridge.source.events import Trigger, build_event, event_id
 from bridge.source.fingerprint import canonical_json, fingerprint
 from bridge.source.projection import PROJECTIONS, patient_id_of
+from bridge.source.state import Seen
 
 SCHEMAS = Path(__file__).resolve().parents[3] / "schemas"
 NOW = dt.datetime(2026, 11, 25, 9, 30, tzinfo=dt.UTC)
@@ -177,6 +179,39 @@ def test_patient_of_each_resource() -> None:
 def test_event_id_is_stable_for_the_same_change_only() -> None:
     assert event_id("c", "Patient", "x", "f1") == event_id("c", "Patient", "x", "f1")
     assert event_id("c", "Patient", "x", "f1") != event_id("c", "Patient", "x", "f2")
+
+
+def _status(status: str) -> dict[str, Any]:
+    return {**APPOINTMENT, "status": status}
+
+
+def test_a_resource_flipping_back_and_forth_never_repeats_an_event_id() -> None:
+    """A → B → A → B: each change is named by where it came from, where it led and how many came before;
+    the state store's record after each commit is what the next detection starts from."""
+    known: dict[str, Seen] = {}
+    ids = []
+    for status in ("booked", "cancelled", "booked", "cancelled"):
+        [change] = detect_changes([_status(status)], known)
+        event = build_event(
+            connection="c", resource=change.resource, fingerprint=change.fingerprint, trigger=change.trigger,
+            detected_at=NOW, cursor=None, change=change.identity,
+        )  # fmt: skip
+        # the same change detected again (a crash before the commit) gets the same id
+        [again] = detect_changes([_status(status)], known)
+        assert again.identity == change.identity
+        ids.append(event["event_id"])
+        known = {change.resource_id: change.seen()}
+    assert len(set(ids)) == 4
+    assert [s.changes for s in known.values()] == [3]
+    assert detect_changes([_status("cancelled")], known) == []  # unchanged: nothing, whatever the count
+
+
+def test_a_snapshot_keeps_the_change_count_of_an_unchanged_resource() -> None:
+    [first] = detect_changes([_status("booked")], {})
+    [second] = detect_changes([_status("cancelled")], {first.resource_id: first.seen()})
+    recorded = second.seen()
+    snapshot = Change(second.resource, second.fingerprint, second.patient_id, Trigger.CREATED, recorded)
+    assert snapshot.seen() == recorded
 
 
 json_values = st.recursive(

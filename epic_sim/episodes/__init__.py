@@ -1,0 +1,1 @@
+"""The episodes activity model: seeded, hospital-shaped activity with a ground-truth log of every change."""
