@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 
-import httpx
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
@@ -52,22 +50,19 @@ class RegistryUnavailableError(KafkaGlueError):
 _TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
-def _transport_errors() -> tuple[type[BaseException], ...]:
-    """The registry client's network errors: it uses httpx2 where installed, else httpx."""
-    errors: list[type[BaseException]] = [httpx.TransportError, OSError, RegistryUnavailableError]
-    try:
-        errors.append(importlib.import_module("httpx2").TransportError)
-    except (ImportError, AttributeError):
-        pass
-    return tuple(errors)
-
-
-_TRANSPORT_ERRORS = _transport_errors()
+def _is_transport_error(exc: BaseException) -> bool:
+    """A network error of the registry client's HTTP library (httpx2 where installed, else httpx), told
+    by its class rather than imported: importing either here would load it (and its extras) into every
+    process that only encodes records."""
+    return isinstance(exc, OSError | RegistryUnavailableError) or any(
+        cls.__name__ == "TransportError" and cls.__module__.split(".")[0] in ("httpx", "httpx2")
+        for cls in type(exc).__mro__
+    )
 
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a registry call failed in a way that asking again later can fix."""
-    if isinstance(exc, _TRANSPORT_ERRORS):
+    if _is_transport_error(exc):
         return True
     return isinstance(exc, SchemaRegistryError) and exc.http_status_code in _TRANSIENT_STATUSES
 
