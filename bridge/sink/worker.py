@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
+import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -28,17 +28,22 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.avro import TopicCodec, load_schema
-from bridge.kafka.registry import IncompatibleSchemaError
+from bridge.kafka.registry import (
+    ForeignSubjectError,
+    IncompatibleSchemaError,
+    is_transient,
+    register_owned_avro,
+)
 from bridge.kafka.table import Write
 from bridge.kafka.transactions import TransactionAbortedError, TransactionalProducer
-from bridge.sink.decode import DeadLetter, RegistryUnavailable, decode_command, precheck
+from bridge.sink.decode import DeadLetter, DeadLetterReason, RegistryUnavailable, decode_command, precheck
 from bridge.sink.dlq import dead_letter_headers
+from bridge.sink.fit import fit_result
 from bridge.sink.ledger import CommandLedger, Entry
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
+from bridge.sink.replies import ReplyPolicy
 
 log = logging.getLogger(__name__)
-
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class CommandExecutor(Protocol):
@@ -59,6 +64,10 @@ class SinkSettings:
     concurrency: int = 8
     poll_timeout_s: float = 0.5
     retry_pause_s: float = 1.0
+    topic_prefix: str | None = None
+    reply_topics: tuple[str, ...] = ()  # sink.reply_topics: names or glob patterns
+    max_message_bytes: int = 1_000_000  # the producer's message.max.bytes
+    max_retry_pause_s: float = 30.0
 
 
 @dataclass
@@ -86,6 +95,7 @@ class SinkWorker:
         executor: CommandExecutor,
         on_result: Callable[[Command | None, dict[str, Any] | None, DeadLetter | None], None] | None = None,
         on_lag: Callable[[dict[str, int]], None] | None = None,
+        topic_limit: Callable[[str], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self._consumer = consumer
@@ -96,11 +106,15 @@ class SinkWorker:
         self._deserializer = AvroDeserializer(registry)
         self._result_schema = load_schema("command_result.avsc")
         self._codecs: dict[str, TopicCodec] = {}
+        self._replies = ReplyPolicy(settings.results_topic, settings.reply_topics, settings.topic_prefix)
         self._known_topics: set[str] = set()
         self._on_result = on_result
         self._on_lag = on_lag
         self._lag_reported = 0.0
         self._reassigned = False  # partitions moved: catch the ledger up before the next batch
+        self._topic_limit = topic_limit  # a topic's max.message.bytes, None when unknown
+        self._limits: dict[str, int] = {}
+        self._failed_batches = 0  # in a row: the pause before reading a batch again grows with it
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -148,9 +162,26 @@ class SinkWorker:
         try:
             await self._process(batch)
         except (TransactionAbortedError, RegistryUnavailable, KafkaException) as exc:
-            log.warning("batch of %d commands will be read again: %s", len(batch), exc)
+            self._failed_batches += 1
+            pause = self._retry_pause()
+            log.warning(
+                "batch of %d commands will be read again in %.1fs (failure %d in a row): %s",
+                len(batch),
+                pause,
+                self._failed_batches,
+                exc,
+            )
             self._rewind(batch)
-            await asyncio.sleep(self.settings.retry_pause_s)
+            await asyncio.sleep(pause)
+        else:
+            self._failed_batches = 0
+
+    def _retry_pause(self) -> float:
+        """Full-jitter backoff from retry_pause_s up to max_retry_pause_s, by failures in a row."""
+        ceiling = min(
+            self.settings.max_retry_pause_s, self.settings.retry_pause_s * 2 ** (self._failed_batches - 1)
+        )
+        return max(self.settings.retry_pause_s / 2, random.uniform(0, ceiling))
 
     # -- one batch ---------------------------------------------------------------------------------
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -183,6 +214,13 @@ class SinkWorker:
             )
         except DeadLetter as dead:
             item.dead = dead
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # poison: whatever it is, this record must not stop the partition
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            log.warning("record %s[%d]@%d cannot be decoded: %s", topic, source.partition, source.offset, exc)
+            item.dead = DeadLetter(DeadLetterReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
         return item
 
     def _plan(self, items: list[_Item]) -> None:
@@ -274,12 +312,7 @@ class SinkWorker:
         try:
             for index, item in enumerate(items):
                 if item.dead is not None:
-                    self._producer.produce(
-                        self.settings.dlq_topic,
-                        item.message.value(),
-                        key=item.source.key,
-                        headers=dead_letter_headers(item.dead, item.source, self.settings.connection),
-                    )
+                    self._dead_letter(item)
                     continue
                 assert item.command is not None
                 if item.duplicate_of is not None:
@@ -297,12 +330,15 @@ class SinkWorker:
                         item.received_at,
                         dt.datetime.now(dt.UTC),
                     )
+                topic = self._result_topic(item)
+                result, value = self._encode(topic, result)
+                if item.duplicate_of is None and item.replay is None:
                     ledger_writes.append(
                         self._ledger.stage_result(self._producer, item.command.command_id, result)
                     )
+                    ledger_writes.extend(self._marker_writes(item))
                 results[index] = result
-                topic = self._result_topic(item)
-                self._producer.produce(topic, self._codec(topic).encode(result), key=item.source.key)
+                self._producer.produce(topic, value, key=item.source.key)
             self._producer.send_offsets(self._offsets(batch), self._consumer.consumer_group_metadata())
         except BaseException:
             self._producer.abort()
@@ -314,6 +350,45 @@ class SinkWorker:
                 self._on_result(item.command, result, item.dead)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _dead_letter(self, item: _Item) -> None:
+        assert item.dead is not None
+        headers = dead_letter_headers(item.dead, item.source, self.settings.connection)
+        value = item.message.value()
+        if value is not None and len(value) > self._limit(self.settings.dlq_topic) - 4096:
+            # Too large to copy (it reached the DLQ for that very reason): keep the headers, which say
+            # where the original is, rather than fail the transaction on every attempt.
+            headers.append(("dlq.value.dropped-bytes", str(len(value)).encode()))
+            value = None
+        self._producer.produce(self.settings.dlq_topic, value, key=item.source.key, headers=headers)
+
+    def _encode(self, topic: str, result: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The result (made smaller when it would not fit the topic) and its Avro encoding."""
+        limit = min(self._limit(topic), self._limit(self._ledger.topic))
+        try:
+            return fit_result(result, self._codec(topic).encode, limit)
+        except Exception as exc:
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    def _limit(self, topic: str) -> int:
+        """The largest record `topic` accepts: its max.message.bytes, capped by the producer's own limit."""
+        if topic not in self._limits:
+            limit = self._topic_limit(topic) if self._topic_limit is not None else None
+            self._limits[topic] = min(
+                limit or self.settings.max_message_bytes, self.settings.max_message_bytes
+            )
+        return self._limits[topic]
+
+    def _marker_writes(self, item: _Item) -> list[Write]:
+        """Record whether the server kept the marker identifier, when this create told something new."""
+        outcome, command = item.outcome, item.command
+        if outcome is None or command is None or outcome.marker_kept is None:
+            return []
+        if self._ledger.marker_kept(command.resource_type) == outcome.marker_kept:
+            return []
+        return [self._ledger.stage_marker(self._producer, command.resource_type, outcome.marker_kept)]
+
     def _result_topic(self, item: _Item) -> str:
         reply = item.command.reply_topic if item.command is not None else None
         if reply is not None and self._reply_problem(reply) is None:
@@ -321,20 +396,28 @@ class SinkWorker:
         return self.settings.results_topic
 
     def _codec(self, topic: str) -> TopicCodec:
+        """The codec for results on `topic`; registry errors propagate (callers decide what they mean)."""
         if topic not in self._codecs:
-            self._codecs[topic] = TopicCodec(self._registry, topic, self._result_schema)
+            self._codecs[topic] = TopicCodec(
+                self._registry, topic, self._result_schema, register=register_owned_avro
+            )
         return self._codecs[topic]
 
     def _reply_problem(self, topic: str) -> str | None:
-        """Why results cannot go to `topic`, or None when they can."""
-        if not TOPIC_NAME.match(topic) or topic in (".", ".."):
-            return "reply_topic is not a valid Kafka topic name"
+        """Why results cannot go to `topic`, or None when they can. Raises RegistryUnavailable when the
+        registry cannot be asked (the batch is then read again later)."""
+        if problem := self._replies.problem(topic):
+            return problem
         if not self._topic_exists(topic):
             return f"reply_topic {topic!r} does not exist"
         try:
             self._codec(topic)
-        except IncompatibleSchemaError:
-            return f"reply_topic {topic!r} holds records of another schema"
+        except (IncompatibleSchemaError, ForeignSubjectError) as exc:
+            return f"reply_topic {topic!r} holds records of another schema ({exc})"
+        except Exception as exc:
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            return f"the schema registry refused the result schema for reply_topic {topic!r}: {exc}"
         return None
 
     def _topic_exists(self, topic: str) -> bool:
