@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -56,7 +55,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from sim_page_throughput import cpu_model
+from machine import describe
 
 from epic_sim.episodes.detection import (
     LatencySummary,
@@ -82,6 +81,7 @@ UNIT_KINDS = (
     ("DocumentReference", None),
 )
 ALL_POLICIES = ("uniform", "adaptive", "hinted")
+SCHEDULE_UNITS = "epic_bridge_schedule_units"  # exported by a bridge that runs a scan schedule
 
 
 def log(message: str) -> None:
@@ -95,13 +95,6 @@ def free_port() -> int:
 
 
 # -- the machine ---------------------------------------------------------------------------------------
-def memory_gib() -> float:
-    for row in Path("/proc/meminfo").read_text().splitlines():
-        if row.startswith("MemTotal:"):
-            return int(row.split()[1]) / 1024 / 1024
-    return 0.0
-
-
 def kafka_version(bootstrap: str) -> str:
     """The broker's version from its command line, when it runs on this machine (the local stack)."""
     host = bootstrap.split(",")[0].rsplit(":", 1)[0]
@@ -142,10 +135,9 @@ def describe_machine(bootstrap: str, registry: str) -> list[str]:
 
     load = os.getloadavg()
     return [
-        f"machine: {cpu_model()}, {os.cpu_count()} cores, {memory_gib():.0f} GiB RAM, "
-        f"{platform.system()} {platform.release()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
-        f"software: Python {platform.python_version()}, Kafka {kafka_version(bootstrap)} at {bootstrap}, "
-        f"{registry_version(registry)} at {registry}, confluent-kafka {_version(confluent_kafka.version())} "
+        f"{describe()}, load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        f"services: Kafka {kafka_version(bootstrap)} at {bootstrap}, {registry_version(registry)} at "
+        f"{registry}; confluent-kafka {_version(confluent_kafka.version())} "
         f"(librdkafka {_version(confluent_kafka.libversion())})",
     ]
 
@@ -215,6 +207,7 @@ def write_configs(policy: Policy, args: argparse.Namespace) -> tuple[str | None,
     jwks = KeySet([load_private_key(pem, kid=kid, alg="RS384")]).jwks()
     policy.doc = connection_doc(policy, args, PLACEHOLDER_BASE, kid)
     problems = save_config(policy)
+    policy.note = f"source.schedule: {policy.doc['source']['schedule']}"
     if problems and policy.name == "uniform" and all("source.schedule" in p for p in problems):
         # a bridge without the setting has only uniform cycles: that is the uniform policy
         del policy.doc["source"]["schedule"]
@@ -348,21 +341,49 @@ class Bridge:
         except OSError:
             pass
 
-    def metrics(self) -> dict[str, float]:
-        """The bridge's Prometheus samples, summed over labels except the first ones named here."""
+    def samples(self) -> list[tuple[str, dict[str, str], float]]:
+        """The bridge's Prometheus samples (name, labels, value); none when it does not answer."""
         from prometheus_client.parser import text_string_to_metric_families
 
         try:
             text = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10).text
         except httpx.HTTPError:
-            return {}
+            return []
+        return [
+            (sample.name, sample.labels, sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        ]
+
+    def hint_metrics(self) -> dict[str, float]:
+        """The hint counters, summed over everything but stage, reason and code."""
         out: Counter[str] = Counter()
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                labels = {k: v for k, v in sample.labels.items() if k in ("stage", "reason", "code")}
-                name = sample.name + "".join(f"[{k}={v}]" for k, v in sorted(labels.items()))
-                out[name] += sample.value
+        for name, labels, value in self.samples():
+            if name.startswith(("epic_bridge_hint_", "epic_bridge_hints_")) and not name.endswith("_created"):
+                kept = {k: v for k, v in labels.items() if k in ("stage", "reason", "code")}
+                out[name + "".join(f"[{k}={v}]" for k, v in sorted(kept.items()))] += value
         return dict(out)
+
+    def not_in_effect(self) -> str | None:
+        """Why the bridge, having accepted the policy's config, does not run the policy (None: it does)."""
+        policy, reasons = self.policy, []
+        if policy.adaptive:
+            units = [
+                v
+                for n, labels, v in self.samples()
+                if n == SCHEDULE_UNITS and labels.get("connection") == policy.name
+            ]
+            if not any(units):
+                reasons.append(
+                    f"it accepts source.schedule adaptive but exports no scan schedule ({SCHEDULE_UNITS}): "
+                    "it does not schedule adaptively"
+                )
+        if policy.mllp_port is not None:
+            try:
+                socket.create_connection(("127.0.0.1", policy.mllp_port), timeout=5).close()
+            except OSError:
+                reasons.append(f"it accepts hints.mllp but nothing listens on port {policy.mllp_port}")
+        return "; ".join(reasons) or None
 
     def stop(self) -> None:
         self.sample_rss()
@@ -578,7 +599,7 @@ def report_policy(
 
 
 def hint_lines(bridge: Bridge, hl7: dict[str, Any] | None, versions: list[Version]) -> list[str]:
-    metrics = bridge.metrics()
+    metrics = bridge.hint_metrics()
     wanted = [v for v in versions if v.hl7]
     lines = [
         f"   HL7 feed: {len(wanted)} changes to be sent; simulator sender "
@@ -677,8 +698,8 @@ class Run:
             )
             why, jwks[name] = write_configs(policy, args)
             if why is not None:
-                self.skipped[name] = why
-                log(f"{name}: SKIPPED, the bridge rejects its config: {why}")
+                self.skipped[name] = f"the bridge rejects its config: {why}"
+                log(f"{name}: SKIPPED, {self.skipped[name]}")
                 continue
             self.policies.append(policy)
         if not self.policies:
@@ -722,6 +743,18 @@ class Run:
                 log(f"{name}: {self.failed[name]}; its log ends:\n{bridge.log_tail()}")
         if len(self.failed) == len(self.bridges):
             raise SystemExit("every bridge exited")
+
+    def drop_policies_not_in_effect(self) -> None:
+        """A bridge that accepted a policy's config but does not run it would measure another policy."""
+        for policy in list(self.running()):
+            why = self.bridges[policy.name].not_in_effect()
+            if why is not None:
+                log(f"{policy.name}: SKIPPED, {why}")
+                self.skipped[policy.name] = why
+                self.bridges.pop(policy.name).stop()
+                self.policies.remove(policy)
+        if not self.policies:
+            raise SystemExit("no policy runs on this bridge")
 
     def running(self) -> list[Policy]:
         return [p for p in self.policies if p.name not in self.failed]
@@ -853,6 +886,7 @@ def main() -> int:
         events = EventWatcher(args, topics)
         events.start()
         slowest_pass = run.first_pass(watcher)
+        run.drop_policies_not_in_effect()
         events.assigned.wait(60)
         log(f"every bridge finished its first pass (slowest {slowest_pass:.0f} s)")
         window_start, activity_end = run.activity(events)
@@ -909,7 +943,7 @@ def main() -> int:
         named = ", ".join(f"{n} x {what}" for what, n in watcher.other.most_common(5))
         print(f"requests naming no client (no Epic-Client-ID, no token): {named}")
     for name, why in run.skipped.items():
-        print(f"== {name}: SKIPPED, the bridge rejects its config: {why}")
+        print(f"== {name}: SKIPPED, {why}")
     figures: dict[str, Matching] = {}
     for policy in run.policies:
         result = match(versions, events.sightings[policy.name])
