@@ -53,6 +53,12 @@ class Metrics:
             ["connection", "resource"],
             registry=r,
         )
+        self.partial_answers = Counter(
+            "epic_bridge_partial_answers_total",
+            "Successful searches the server said may be incomplete (a warning such as Epic 59204)",
+            ["connection", "side", "resource", "code"],
+            registry=r,
+        )
         self.poll_errors = Counter(
             "epic_bridge_poll_errors_total",
             "Failures of a patient scan or page (retried later)",
@@ -233,6 +239,13 @@ class Metrics:
             "epic_bridge_dlq_records_total",
             "Records sent to the dead-letter topic",
             ["connection", "reason"],
+            registry=r,
+        )
+        self.create_marker_kept = Gauge(
+            "epic_bridge_create_marker_kept",
+            "1 when the server kept the bridge's marker identifier on the last create read back, 0 when it "
+            "dropped it (interrupted creates are then looked for by natural key)",
+            ["connection", "resource"],
             registry=r,
         )
         self.command_lag = Gauge(

@@ -77,6 +77,33 @@ async def faults(request: Request) -> Response:
     return JSONResponse({"rules": sim.faults.snapshot()})
 
 
+async def partial_answers(request: Request) -> Response:
+    """Partial answers (59204 warnings, optionally hiding the matches) per client and resource type."""
+    sim = sim_of(request)
+    if request.method == "PUT":
+        try:
+            sim.partial.configure(await _json(request))
+        except (ValueError, TypeError) as exc:
+            return _problem(400, str(exc))
+    elif request.method == "DELETE":
+        sim.partial.configure({"rules": []})
+    return JSONResponse({"rules": sim.partial.snapshot()})
+
+
+async def identifiers(request: Request) -> Response:
+    """Resource types whose creates keep only Epic's own identifier systems: {"drop_unknown": [types]}."""
+    config = sim_of(request).config
+    if request.method == "PUT":
+        body = await _json(request)
+        types = body.get("drop_unknown") if isinstance(body, dict) else None
+        if not isinstance(types, list) or any(t not in RESOURCE_TYPES for t in types):
+            return _problem(
+                400, f"drop_unknown must be a list of resource types ({', '.join(RESOURCE_TYPES)})"
+            )
+        config.drop_unknown_identifiers = list(types)
+    return JSONResponse({"drop_unknown": config.drop_unknown_identifiers})
+
+
 async def expire_tokens(request: Request) -> Response:
     sim_of(request).oauth.expire_all_tokens()
     return Response(status_code=204)
@@ -225,6 +252,8 @@ def routes() -> list[BaseRoute]:
         Route("/admin/requests", requests_log, methods=["GET", "DELETE"]),
         Route("/admin/settings", settings, methods=["GET", "PUT"]),
         Route("/admin/faults", faults, methods=["GET", "PUT", "DELETE"]),
+        Route("/admin/partial", partial_answers, methods=["GET", "PUT", "DELETE"]),
+        Route("/admin/identifiers", identifiers, methods=["GET", "PUT"]),
         Route("/admin/tokens/expire", expire_tokens, methods=["POST"]),
         Route("/admin/oauth/bare400", bare400, methods=["POST"]),
         Route("/admin/resources/{rtype}", resources, methods=["GET", "POST"]),

@@ -19,6 +19,7 @@ from epic_sim.episodes.activity import EpisodeActivity
 from epic_sim.faults import FaultInjector
 from epic_sim.oauth import OAuthServer
 from epic_sim.paging import SessionTable
+from epic_sim.partial import PartialAnswers
 from epic_sim.requestlog import RequestLog
 from epic_sim.seed import seed_store
 from epic_sim.state import SimState
@@ -79,6 +80,7 @@ def build_app(config: SimConfig, *, store: Store | None = None) -> SimApp:
         faults=FaultInjector(config.faults, seed=config.seed),
         log=RequestLog(config.request_log_size),
         activity=Activity(store, seed=config.seed, rate_per_s=config.activity_rate),
+        partial=PartialAnswers(config.partial_answers),
         _id_rng=random.Random(f"{config.seed}:ids"),
         episodes=EpisodeActivity(store, config) if config.activity_model == "episodes" else None,
     )

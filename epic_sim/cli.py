@@ -7,12 +7,14 @@ import json
 import logging
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import uvicorn
 
 from epic_sim.app import build_app
 from epic_sim.config import SimConfig
+from epic_sim.partial import PartialRule
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -66,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--warning-rate", type=float, default=0.0, help="share of bundles with a 59204 warning"
     )
+    serve.add_argument(
+        "--partial-answers",
+        action="append",
+        default=[],
+        metavar="CLIENT:RESOURCE[:hide]",
+        help="answer this client's searches of this type with a 59204 warning (':hide': and no matches); "
+        "'*' for any; repeatable",
+    )
+    serve.add_argument(
+        "--drop-unknown-identifiers",
+        default="",
+        metavar="TYPES",
+        help="comma-separated resource types whose creates keep only Epic's own identifier systems",
+    )
     serve.add_argument("--anchor-date", default="2026-06-01", help="seeded clinical dates centre on this day")
     serve.add_argument("--clock-offset", type=float, default=0.0, help="seconds the server clock runs ahead")
     serve.add_argument("--public-url", default=None, help="base URL for links and the token audience")
@@ -90,6 +106,13 @@ def _load_list(path: Path | None, what: str) -> list[dict[str, object]]:
     return data
 
 
+def _partial_rule(text: str) -> PartialRule:
+    try:
+        return PartialRule.parse(text)
+    except ValueError as exc:
+        raise SystemExit(f"epic-sim: --partial-answers: {exc}") from None
+
+
 def _config(args: argparse.Namespace) -> SimConfig:
     return SimConfig(
         host=args.host,
@@ -104,6 +127,8 @@ def _config(args: argparse.Namespace) -> SimConfig:
         faults=_load_list(args.faults, "faults"),
         short_page_rate=args.short_page_rate,
         warning_rate=args.warning_rate,
+        partial_answers=[asdict(_partial_rule(text)) for text in args.partial_answers],
+        drop_unknown_identifiers=[t for t in args.drop_unknown_identifiers.split(",") if t],
         public_url=args.public_url,
         anchor_date=args.anchor_date,
         clock_offset_s=args.clock_offset,

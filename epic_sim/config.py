@@ -47,6 +47,10 @@ class SimConfig:
     short_page_rate: float | None = None
     # Share of 200 search bundles carrying a 59204 warning OperationOutcome entry.
     warning_rate: float = 0.0
+    # Partial answers for chosen clients/resource types (epic_sim.partial.PartialRule fields).
+    partial_answers: list[dict[str, Any]] = field(default_factory=list)
+    # Resource types whose creates keep only identifiers of Epic's own systems (urn:oid:1.2.840.114350...).
+    drop_unknown_identifiers: list[str] = field(default_factory=list)
     # Seeded clinical dates are spread around this day (keeps the data set deterministic).
     anchor_date: str = "2026-06-01"
     # Base URL used in links and for the OAuth audience; defaults to http://host:port.

@@ -17,13 +17,19 @@ from epic_sim.config import FHIR_PREFIX
 from epic_sim.edge import LOG_ENTRY_KEY
 from epic_sim.oauth import Interaction, OAuthHTTPException
 from epic_sim.paging import PageState, chance, count_matches, fetch_page
+from epic_sim.partial import not_authorized_warning
 from epic_sim.render import bundle, fhir_response, html_not_found, match_entry, outcome_entry, resource_text
 from epic_sim.roster import join_roster
 from epic_sim.search_rules import SEARCHABLE_TYPES, SearchError, build_plan
 from epic_sim.seed import MRN_SYSTEM
 from epic_sim.state import SimState, sim_of
 from epic_sim.store import RESOURCE_TYPES
-from epic_sim.writes import EPIC_CREATE_VALIDATORS, EPIC_NO_CREATE_TEXT, WriteError
+from epic_sim.writes import (
+    EPIC_CREATE_VALIDATORS,
+    EPIC_NO_CREATE_TEXT,
+    WriteError,
+    drop_unknown_identifiers,
+)
 
 
 class FhirError(Exception):
@@ -73,9 +79,13 @@ def _page_response(request: Request, sim: SimState, state: PageState, self_url: 
     if state.total is None and not (config.profile == "epic" and plan.count_given):
         state = dataclasses.replace(state, total=count_matches(sim.store, plan))
     page = fetch_page(sim.store, state, seed=config.seed, short_rate=config.effective_short_page_rate)
-    entries = [match_entry(config.fhir_base, row, config.profile) for row in page.rows]
+    partial = sim.partial.rule_for((request.scope.get("state") or {}).get("client_id"), plan.rtype)
+    shown = [] if partial is not None and partial.hide else page.rows
+    entries = [match_entry(config.fhir_base, row, config.profile) for row in shown]
     if config.profile == "epic" and plan.count_given:
-        total = len(page.rows)
+        total = len(shown)
+    elif partial is not None and partial.hide:
+        total = 0
     else:
         total = state.total or 0
     outcome_issues: list[dict[str, Any]] = []
@@ -91,15 +101,8 @@ def _page_response(request: Request, sim: SimState, state: PageState, self_url: 
                     epic_code=outcomes.NO_RESULTS,
                 )
             )
-        if chance(config.seed, plan, state.page_no, "warn", config.warning_rate):
-            outcome_issues.append(
-                outcomes.issue(
-                    "warning",
-                    "suppressed",
-                    f"Client not authorized for some {plan.rtype} content. Results may be incomplete.",
-                    epic_code=outcomes.NOT_AUTHORIZED_WARNING,
-                )
-            )
+        if partial is not None or chance(config.seed, plan, state.page_no, "warn", config.warning_rate):
+            outcome_issues.append(not_authorized_warning(plan.rtype))
     if outcome_issues:
         entries.append(outcome_entry(outcomes.outcome(*outcome_issues)))
     next_url = None
@@ -254,6 +257,8 @@ async def _create(request: Request, rtype: str) -> Response:
     except WriteError as exc:
         return _error(request, exc.status, exc.body)
     resource["id"] = sim.new_id(rtype)
+    if rtype in sim.config.drop_unknown_identifiers:
+        drop_unknown_identifiers(resource)
     if epic and rtype == "Patient":
         assign_mrn(resource, sim)
     row = sim.store.insert(resource)

@@ -13,6 +13,7 @@ from epic_sim.config import SimConfig
 from epic_sim.faults import FaultInjector
 from epic_sim.oauth import OAuthServer
 from epic_sim.paging import SessionTable
+from epic_sim.partial import PartialAnswers
 from epic_sim.requestlog import RequestLog
 from epic_sim.seed import epic_id
 from epic_sim.store import Store
@@ -33,6 +34,7 @@ class SimState:
     activity: Activity
     # The episodes model when `activity_model` is "episodes" (the rate model then stays at rate 0).
     episodes: EpisodeActivity | None = None
+    partial: PartialAnswers = field(default_factory=PartialAnswers)
     # STU3 $find proposals not yet booked: id -> proposed Appointment (STU3 JSON)
     proposals: dict[str, dict[str, Any]] = field(default_factory=dict)
     _id_rng: random.Random = field(default_factory=random.Random)

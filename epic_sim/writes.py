@@ -119,3 +119,20 @@ EPIC_NO_CREATE_TEXT = {
     ),
     "Group": "Create is not supported for Group.",
 }
+
+
+EPIC_OID_ROOT = "urn:oid:1.2.840.114350."
+
+
+def drop_unknown_identifiers(resource: dict[str, Any]) -> None:
+    """Keep only identifiers of Epic's own systems, as a server that stores no foreign identifier would
+    (nothing documents that Epic keeps a client's identifier on a created Observation or note)."""
+    kept = [
+        i
+        for i in resource.get("identifier") or []
+        if isinstance(i, dict) and str(i.get("system", "")).startswith(EPIC_OID_ROOT)
+    ]
+    if kept:
+        resource["identifier"] = kept
+    else:
+        resource.pop("identifier", None)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# A topic name's characters plus glob wildcards (*, ?, [...], !).
+_REPLY_PATTERN = re.compile(r"^[A-Za-z0-9._\-*?\[\]!]{1,249}$")
 
 
 class SinkConfig(BaseModel):
@@ -53,3 +58,18 @@ class SinkConfig(BaseModel):
         description="add an identifier naming the command to every created resource (system "
         "urn:epic-kafka-bridge:command), so an interrupted create can be found again instead of repeated",
     )
+    reply_topics: tuple[str, ...] = Field(
+        default=(),
+        description="topics a command may name as its reply_topic, besides the results topic: exact names "
+        "or glob patterns (`team-a.replies.*`). Internal topics (a name part starting with `_`) and the "
+        "bridge's own topics are never allowed; another connection's results topic only by its exact name. "
+        "A command naming any other topic is answered REJECTED on the results topic",
+    )
+
+    @field_validator("reply_topics")
+    @classmethod
+    def _reply_patterns(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in value if not _REPLY_PATTERN.match(p)]
+        if bad:
+            raise ValueError(f"not a topic name or glob pattern: {', '.join(map(repr, bad))}")
+        return value

@@ -36,6 +36,7 @@ from bridge.kafka.membership import Membership, MembershipSettings
 from bridge.kafka.topics import TopicSpec, ensure_topics, internal_topic_specs, tasks_topic
 from bridge.kafka.txn import Committer, Unit
 from bridge.metrics import Metrics
+from bridge.sink.ledger import DAY_MS
 from bridge.sink.service import SinkService
 from bridge.source.cursors import CursorStore
 from bridge.source.service import SourceService, source_resources
@@ -130,7 +131,13 @@ class PrefixEngine:
         ensure_topics(
             self.kafka.admin,
             [
-                *internal_topic_specs(self.prefix, settings.internal_topic_partitions, rf, isr),
+                *internal_topic_specs(
+                    self.prefix,
+                    settings.internal_topic_partitions,
+                    rf,
+                    isr,
+                    results_retention_ms=int(settings.idempotency_window_days * DAY_MS),
+                ),
                 *(TopicSpec.compacted(tasks_topic(self.prefix, c.name), 1, rf, isr) for c in self.configs),
             ],
         )

@@ -74,6 +74,10 @@ class OutcomeMessage:
     text: str
 
 
+# Epic 4101 "Resource request returns no results" comes as a warning but only says the search is empty.
+NOT_INCOMPLETE_CODES = frozenset({"4101"})
+
+
 @dataclass(frozen=True)
 class SearchPage:
     resources: list[dict[str, Any]]
@@ -82,6 +86,17 @@ class SearchPage:
     total: int | None = None
     next_url: str | None = None
     number: int = 1
+
+    @property
+    def warnings(self) -> list[OutcomeMessage]:
+        """The warnings (and errors) of a successful search: the page may be incomplete. Epic answers 200
+        with what the client may see and a warning such as 59204 "Client not authorized for ..." for the
+        rest, so an empty or short page with a warning is not the whole truth."""
+        return [
+            m
+            for m in self.messages
+            if m.severity in ("warning", "error", "fatal") and m.code not in NOT_INCOMPLETE_CODES
+        ]
 
 
 @dataclass(frozen=True)
@@ -346,11 +361,10 @@ class FHIRClient:
         """Yield matching resources of ``resource_type`` across all pages (messages are logged)."""
         async for page in self.search_pages(resource_type, params):
             for msg in page.messages:
-                # warnings such as Epic 59204 ("Client not authorized for some ...") mean incomplete results
-                level = logging.WARNING if msg.severity in ("warning", "error", "fatal") else logging.DEBUG
-                if msg.code == "4101":  # "no results": a normal empty search
-                    level = logging.DEBUG
-                log.log(level, "search %s: %s %s %s", resource_type, msg.severity, msg.code, msg.text)
+                # warnings such as Epic 59204 ("Client not authorized for some ...") mean incomplete results;
+                # the code and type only: the server's text can name what it withheld
+                level = logging.WARNING if msg in page.warnings else logging.DEBUG
+                log.log(level, "search %s: %s %s", resource_type, msg.severity, msg.code)
             for res in page.resources:
                 yield res
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from confluent_kafka.schema_registry import SchemaRegistryClient
@@ -11,6 +11,8 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.registry import register_avro
+
+Register = Callable[[SchemaRegistryClient, str, str], int]
 
 
 def load_schema(file_name: str) -> str:
@@ -25,10 +27,12 @@ class TopicCodec:
     the serializer then only looks the schema up, so a producer never registers an unplanned version.
     """
 
-    def __init__(self, registry: SchemaRegistryClient, topic: str, schema: str) -> None:
+    def __init__(
+        self, registry: SchemaRegistryClient, topic: str, schema: str, register: Register = register_avro
+    ) -> None:
         self.topic = topic
         self.subject = f"{topic}-value"
-        self.schema_id = register_avro(registry, self.subject, schema)
+        self.schema_id = register(registry, self.subject, schema)
         self._serializer = AvroSerializer(
             registry, schema, conf={"auto.register.schemas": False, "use.latest.version": False}
         )

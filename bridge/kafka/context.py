@@ -93,6 +93,15 @@ class KafkaSettings(BaseSettings):
         "_command-results); default: the cluster's",
     )
 
+    idempotency_window_days: float = Field(
+        default=7.0,
+        gt=0,
+        le=3650,
+        description="how long the sink remembers a command id (the `_command-results` topic's retention.ms, "
+        "set when the bridge creates it): a command re-sent within it is answered from the record, after "
+        "it runs again",
+    )
+
     _no_inline_secrets = field_validator("kafka_config")(refuse_inline_secrets)
 
     @model_validator(mode="after")

@@ -129,6 +129,14 @@ class CompactedTable:
         """Record writes that are committed in the topic, each at its (partition, offset)."""
         self._write(list(writes), {})
 
+    def forget(self, keys: Iterable[bytes]) -> None:
+        """Drop values from this cache only (the topic's retention drops them from Kafka): each key keeps
+        its offset, so reading the same record again later does not bring it back."""
+        rows = [(key,) for key in keys]
+        if rows:
+            with self._lock:
+                self._db.executemany("UPDATE kv SET value = NULL WHERE key = ?", rows)
+
     def positions(self) -> dict[int, int]:
         """The next offset to read, per partition, as far as the cache has read the topic."""
         with self._lock:

@@ -63,14 +63,25 @@ def tasks_topic(prefix: str, connection: str) -> str:
 
 
 def internal_topic_specs(
-    prefix: str, partitions: int, replication_factor: int = -1, min_insync_replicas: int | None = None
+    prefix: str,
+    partitions: int,
+    replication_factor: int = -1,
+    min_insync_replicas: int | None = None,
+    results_retention_ms: int | None = None,
 ) -> list[TopicSpec]:
     """`_state`, `_offsets` and `_command-results`. An existing topic keeps its partition count: nothing
-    assumes one (keys go to partitions by the producer's default partitioner)."""
-    return [
+    assumes one (keys go to partitions by the producer's default partitioner). `_command-results` is
+    also deleted after `results_retention_ms` (the idempotency window) when given: it must not keep what
+    commands did forever (an existing compact-only topic is accepted, and warned about by the sink)."""
+    specs = [
         TopicSpec.compacted(name, partitions, replication_factor, min_insync_replicas)
         for name in (state_topic(prefix), offsets_topic(prefix), command_results_topic(prefix))
     ]
+    if results_retention_ms is not None:
+        results = specs[2]
+        retention = {"cleanup.policy": "compact,delete", "retention.ms": str(results_retention_ms)}
+        specs[2] = TopicSpec(results.name, partitions, replication_factor, {**results.config, **retention})
+    return specs
 
 
 @dataclass(frozen=True)

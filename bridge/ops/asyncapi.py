@@ -155,7 +155,8 @@ CHANNELS: dict[str, ChannelInfo] = {
     "results_topic": ChannelInfo(
         "Command results",
         "One result per command, keyed like the command, written in the same transaction as the commands' "
-        "offsets. A command's reply_topic can name another topic for its result.",
+        "offsets. A command's reply_topic can name another topic for its result, one the connection's "
+        "sink.reply_topics allows.",
         _one(
             "CommandResult",
             "The one result of one command",

@@ -20,6 +20,7 @@ import random
 import time
 import weakref
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from bridge.config.models import ConnectionConfig
@@ -31,7 +32,15 @@ from bridge.sink.builders import Invalid, build, check_for_server
 from bridge.sink.calls import AmbiguousCreate, Backoff, CommandCalls, Sleep
 from bridge.sink.criteria import UnsupportedCriteria, check_criteria
 from bridge.sink.failures import Failure, GiveUp, failure_summary
-from bridge.sink.identity import carries_marker, marker_value, recovery_query, with_marker
+from bridge.sink.identity import (
+    NATURAL_KEYS,
+    carries_marker,
+    marker_value,
+    natural_key_query,
+    recovery_query,
+    same_natural_key,
+    with_marker,
+)
 from bridge.sink.model import Action, Command, Effect, ErrorInfo, Outcome, Status
 from bridge.sink.search import Matches, search_all
 
@@ -60,6 +69,9 @@ class FHIRExecutor:
         sleep: Sleep = asyncio.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        on_partial: Callable[[str, str], None] | None = None,
+        marker_kept: Callable[[str], bool | None] | None = None,
+        on_marker: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._fhir = fhir
         self._config = config
@@ -69,6 +81,12 @@ class FHIRExecutor:
         self._clock = clock
         self._rng = rng or random.Random()
         self._known_capabilities: Capabilities | None = None
+        self._on_partial = on_partial  # (resource type, the server's warning code), for the metric
+        # Whether the server keeps the marker on a created resource, per type: what this process saw, else
+        # what the ledger recorded (it survives restarts).
+        self._recorded_marker = marker_kept
+        self._seen_marker: dict[str, bool] = {}
+        self._on_marker = on_marker
         self._ensure_locks: weakref.WeakValueDictionary[tuple[str, ...], asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -187,22 +205,46 @@ class FHIRExecutor:
 
     # -- find --------------------------------------------------------------------------------------------
     async def _search(
-        self, calls: CommandCalls, rtype: str, query: list[tuple[str, str]], deadline: float | None = None
+        self,
+        calls: CommandCalls,
+        rtype: str,
+        query: list[tuple[str, str]],
+        deadline: float | None = None,
+        max_pages: int | None = None,
     ) -> Matches:
-        return await search_all(
-            self._fhir, calls, rtype, query, max_pages=self._sink.find_max_pages, deadline=deadline
+        matches = await search_all(
+            self._fhir,
+            calls,
+            rtype,
+            query,
+            max_pages=max_pages or self._sink.find_max_pages,
+            deadline=deadline,
         )
+        for code in dict.fromkeys(w.code or "none" for w in matches.warnings):
+            # The code and type only: the server's text can name what it withheld.
+            log.warning(
+                "connection %s: partial answer to a %s search (server warning %s)",
+                self._config.name,
+                rtype,
+                code,
+            )
+            if self._on_partial is not None:
+                self._on_partial(rtype, code)
+        return matches
 
     def _found(self, matches: Matches, calls: CommandCalls) -> Outcome:
-        if not matches.resources:
-            return Outcome(Status.NOT_FOUND, attempts=calls.attempts, truncated=matches.truncated)
+        """A find's answer; when the server warned, the same status with `partial` and its warnings: what it
+        returned is true, but more may match than it showed this client."""
+        found = bool(matches.resources)
         return Outcome(
-            Status.SUCCEEDED,
-            Effect.MATCHED,
+            Status.SUCCEEDED if found else Status.NOT_FOUND,
+            Effect.MATCHED if found else Effect.NONE,
             tuple(matches.ids),
             self._budget(matches.resources),
             attempts=calls.attempts,
             truncated=matches.truncated,
+            partial=matches.partial,
+            warnings=matches.warning_texts(),
         )
 
     def _budget(self, resources: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
@@ -248,6 +290,8 @@ class FHIRExecutor:
                 attempts=calls.attempts,
                 truncated=True,
             )
+        if matches.partial and len(matches.resources) <= 1:
+            return self._partial_ensure(command, matches, calls)
         if len(matches.resources) == 1:
             return self._found(matches, calls)
         if len(matches.resources) > 1:
@@ -263,6 +307,24 @@ class FHIRExecutor:
                 truncated=matches.truncated,
             )
         return await self._create(command, calls, capabilities, resource, epic, recovering)
+
+    def _partial_ensure(self, command: Command, matches: Matches, calls: CommandCalls) -> Outcome:
+        """The server warned that its answer may be incomplete: "no match" (or "one match") is not known,
+        so nothing is created and nothing is picked."""
+        first = matches.warnings[0]
+        return Outcome(
+            Status.FAILED,
+            resource_ids=tuple(matches.ids),
+            error=ErrorInfo(
+                f"the server's answer to the search was partial ({'; '.join(matches.warning_texts())}), so "
+                f"it cannot be told whether a matching {command.resource_type} exists; ensure creates "
+                "nothing — make sure the client is authorized for this content",
+                epic_code=first.code,
+            ),
+            attempts=calls.attempts,
+            partial=True,
+            warnings=matches.warning_texts(),
+        )
 
     # -- create ------------------------------------------------------------------------------------------
     def _created(self, resource: dict[str, Any], calls: CommandCalls) -> Outcome:
@@ -313,7 +375,7 @@ class FHIRExecutor:
                 continue
             break
         if result.resource is not None and result.resource.get("id"):
-            return self._created(result.resource, calls)
+            return self._observed(self._created(result.resource, calls), result.resource, marker)
         if result.id is None:  # created, but the answer names no id: the marker finds it
             found = await self._recover(calls, capabilities, resource, marker)
             if found is None:
@@ -336,7 +398,33 @@ class FHIRExecutor:
                 failure_summary(exc.failure),
             )
             return Outcome(Status.SUCCEEDED, Effect.CREATED, (created_id,), attempts=calls.attempts)
-        return self._created(read_back, calls)
+        return self._observed(self._created(read_back, calls), read_back, marker)
+
+    # -- does the server keep the marker? ---------------------------------------------------------------
+    def _marker_kept(self, rtype: str) -> bool | None:
+        if rtype in self._seen_marker:
+            return self._seen_marker[rtype]
+        return self._recorded_marker(rtype) if self._recorded_marker is not None else None
+
+    def _observed(self, outcome: Outcome, created: dict[str, Any], marker: str) -> Outcome:
+        """Check, on every create read back, whether the server kept the marker identifier."""
+        if not self._sink.mark_creates:
+            return outcome
+        rtype = str(created.get("resourceType"))
+        kept = carries_marker(created, marker)
+        if self._marker_kept(rtype) != kept:
+            log.log(
+                logging.INFO if kept else logging.WARNING,
+                "connection %s: the server %s the bridge's marker identifier on a created %s%s",
+                self._config.name,
+                "keeps" if kept else "dropped",
+                rtype,
+                "" if kept else "; an interrupted create is looked for by what the resource is instead",
+            )
+        self._seen_marker[rtype] = kept
+        if self._on_marker is not None:
+            self._on_marker(rtype, kept)
+        return replace(outcome, marker_kept=kept)
 
     async def _recover(
         self,
@@ -351,20 +439,14 @@ class FHIRExecutor:
             raise GiveUp(
                 _unknown("marking creates is switched off, so an interrupted create cannot be checked", cause)
             )
+        rtype = str(resource["resourceType"])
+        kept = self._marker_kept(rtype)
+        if kept is False:  # this server drops the marker: look by what the resource is instead
+            return await self._recover_by_natural_key(calls, capabilities, resource, cause, known=True)
         query = recovery_query(capabilities, resource, marker)
         if query is None:
-            raise GiveUp(
-                _unknown(
-                    f"the server offers no search that could find the {resource.get('resourceType')}", cause
-                )
-            )
-        deadline = max(calls.deadline, self._clock() + RECOVERY_GRACE_S)
-        try:
-            matches = await search_all(
-                self._fhir, calls, str(resource["resourceType"]), query, max_pages=100, deadline=deadline
-            )
-        except GiveUp as exc:
-            raise GiveUp(_unknown(f"the search for it failed: {exc.failure.error.message}", cause)) from None
+            raise GiveUp(_unknown(f"the server offers no search that could find the {rtype}", cause))
+        matches = await self._recovery_search(calls, rtype, query, cause)
         mine = [r for r in matches.resources if carries_marker(r, marker)]
         if len(mine) > 1:
             ids = ", ".join(str(r.get("id")) for r in mine)
@@ -373,7 +455,72 @@ class FHIRExecutor:
                     ErrorInfo(f"more than one resource carries this command's marker: {ids}"), False, False
                 )
             )
-        return mine[0] if mine else None
+        if mine or kept is True:
+            return mine[0] if mine else None
+        # Not known yet whether this server keeps the marker (no create read back on this connection):
+        # a resource with the same natural key may be the earlier attempt's, with the marker dropped.
+        return await self._recover_by_natural_key(calls, capabilities, resource, cause, known=False)
+
+    async def _recovery_search(
+        self, calls: CommandCalls, rtype: str, query: list[tuple[str, str]], cause: Failure | None
+    ) -> Matches:
+        deadline = max(calls.deadline, self._clock() + RECOVERY_GRACE_S)
+        try:
+            matches = await self._search(calls, rtype, query, deadline, max_pages=100)
+        except GiveUp as exc:
+            raise GiveUp(_unknown(f"the search for it failed: {exc.failure.error.message}", cause)) from None
+        if matches.partial:
+            raise GiveUp(
+                _unknown(
+                    f"the server's answer to the search was partial ({matches.warning_texts()[0]})", cause
+                )
+            )
+        return matches
+
+    async def _recover_by_natural_key(
+        self,
+        calls: CommandCalls,
+        capabilities: Capabilities,
+        resource: dict[str, Any],
+        cause: Failure | None,
+        *,
+        known: bool,
+    ) -> dict[str, Any] | None:
+        """`known`: the server is known to drop the marker, so one resource with the natural key is the
+        earlier attempt's. Otherwise any candidate is a question for a person, never a guess."""
+        rtype = str(resource["resourceType"])
+        query = natural_key_query(capabilities, resource)
+        if query is None:
+            if known:
+                raise GiveUp(
+                    _unknown(
+                        f"this server does not keep the bridge's marker on a created {rtype} and offers no "
+                        "search by what the resource is",
+                        cause,
+                    )
+                )
+            return None
+        matches = await self._recovery_search(calls, rtype, query, cause)
+        candidates = [r for r in matches.resources if same_natural_key(resource, r)]
+        if not candidates or (known and len(candidates) == 1):
+            return candidates[0] if candidates else None
+        ids = tuple(str(r.get("id")) for r in candidates)
+        why = (
+            "this server does not keep the bridge's marker, and"
+            if known
+            else "no resource carries the marker, but"
+        )
+        raise GiveUp(
+            Failure(
+                ErrorInfo(
+                    f"not created: an earlier attempt of this command may have created it; {why} "
+                    f"{len(ids)} {rtype} resource(s) have the same {NATURAL_KEYS.get(rtype, 'natural key')} "
+                    f"({', '.join(ids[:50])}); check them before sending a new command",
+                ),
+                retriable=False,
+                ambiguous=False,
+            )
+        )
 
     async def _book(self, calls: CommandCalls, resource: dict[str, Any], recovering: bool) -> Outcome:
         try:

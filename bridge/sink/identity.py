@@ -114,6 +114,20 @@ def recovery_query(
         return [*query, ("identifier", f"{MARKER_SYSTEM}|{marker}")]
     if rtype == "Patient" or not query:
         return None
+    return _narrowed(capabilities, resource, query)
+
+
+def _narrowed(
+    capabilities: Capabilities, resource: Mapping[str, Any], query: list[tuple[str, str]]
+) -> list[tuple[str, str]] | None:
+    """A patient-anchored clinical search narrowed by what the server searches: code (or category) and
+    a date window around the resource's own date."""
+    rtype = str(resource.get("resourceType"))
+
+    def ok(name: str) -> bool:
+        return capabilities.supports_search_param(rtype, name)
+
+    query = list(query)
     if rtype == "Observation":
         system, code = _first_code(resource.get("code"))
         _, category = _first_code(resource.get("category"))
@@ -131,3 +145,127 @@ def recovery_query(
     if date is not None and ok("date"):
         query.extend(_day_window(date))
     return query
+
+
+# -- natural keys: for servers that do not keep the marker ------------------------------------------------
+# Nothing documents that Epic keeps a client's own identifier system on a created Observation or
+# DocumentReference. Where the read-back after a create shows the marker gone, an interrupted create is
+# looked for by what the resource itself is instead:
+#   Patient            the identifiers sent (other than the marker), else family + given + birth date
+#   Observation        patient + code + effective time
+#   DocumentReference  patient + encounter + type + date
+# A natural key can match a resource the bridge did not create, so more than one candidate is never guessed
+# between: the command is answered FAILED with the candidates.
+
+
+NATURAL_KEYS = {
+    "Patient": "identifier (or name and birth date)",
+    "Observation": "patient, code and effective time",
+    "DocumentReference": "patient, encounter, type and date",
+}
+
+
+def _instant(value: Any) -> dt.datetime | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:  # a date, or a local time: compare as written
+        return moment
+    return moment.astimezone(dt.UTC).replace(microsecond=0)
+
+
+def _own_identifiers(resource: Mapping[str, Any]) -> list[tuple[str, str]]:
+    return [
+        (i["system"], i["value"])
+        for i in resource.get("identifier") or []
+        if isinstance(i, Mapping)
+        and isinstance(i.get("system"), str)
+        and isinstance(i.get("value"), str)
+        and i["system"] != MARKER_SYSTEM
+    ]
+
+
+def _first_name(resource: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    for name in resource.get("name") or []:
+        if isinstance(name, Mapping):
+            given = name.get("given") or []
+            family = name.get("family")
+            return (family if isinstance(family, str) else None), (
+                given[0] if given and isinstance(given[0], str) else None
+            )
+    return None, None
+
+
+def _reference(value: Any) -> str | None:
+    ref = value.get("reference") if isinstance(value, Mapping) else None
+    return ref.rsplit("/", 1)[-1] if isinstance(ref, str) else None
+
+
+def _encounter_of(resource: Mapping[str, Any]) -> str | None:
+    context = resource.get("context")
+    encounters = context.get("encounter") if isinstance(context, Mapping) else None
+    if isinstance(encounters, list):
+        return _reference(encounters[0]) if encounters else None
+    return _reference(encounters) or _reference(resource.get("encounter"))
+
+
+def natural_key_query(
+    capabilities: Capabilities, resource: Mapping[str, Any]
+) -> list[tuple[str, str]] | None:
+    """A search that finds resources with the same natural key, or None when there is none for the type
+    (or the server does not offer it)."""
+    rtype = str(resource.get("resourceType"))
+    if not capabilities.supports_search(rtype):
+        return None
+
+    def ok(name: str) -> bool:
+        return capabilities.supports_search_param(rtype, name)
+
+    if rtype == "Patient":
+        identifiers = _own_identifiers(resource)
+        if identifiers and ok("identifier"):
+            system, value = identifiers[0]
+            return [("identifier", f"{system}|{value}")]
+        family, given = _first_name(resource)
+        birth = resource.get("birthDate")
+        if (
+            family
+            and given
+            and isinstance(birth, str)
+            and all(ok(p) for p in ("family", "given", "birthdate"))
+        ):
+            return [("family", family), ("given", given), ("birthdate", birth)]
+        return None
+    if rtype not in ("Observation", "DocumentReference"):
+        return None
+    patient = patient_of(resource)
+    anchor = "patient" if ok("patient") else ("subject" if ok("subject") else None)
+    if patient is None or anchor is None:
+        return None
+    return _narrowed(capabilities, resource, [(anchor, patient)])
+
+
+def same_natural_key(sent: Mapping[str, Any], found: Mapping[str, Any]) -> bool:
+    """Whether `found` has the natural key of the resource that was sent."""
+    rtype = sent.get("resourceType")
+    if found.get("resourceType") != rtype:
+        return False
+    if rtype == "Patient":
+        identifiers = _own_identifiers(sent)
+        if identifiers:
+            return identifiers[0] in _own_identifiers(found)
+        return [n.lower() if n else n for n in _first_name(sent)] == [
+            n.lower() if n else n for n in _first_name(found)
+        ] and sent.get("birthDate") == found.get("birthDate")
+    if patient_of(sent) != patient_of(found) or _instant(_own_date(sent)) != _instant(_own_date(found)):
+        return False
+    if rtype == "Observation":
+        return _first_code(sent.get("code")) == _first_code(found.get("code"))
+    if rtype == "DocumentReference":
+        return _encounter_of(sent) == _encounter_of(found) and _first_code(sent.get("type")) == _first_code(
+            found.get("type")
+        )
+    return False

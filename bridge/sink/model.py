@@ -76,6 +76,9 @@ class Outcome:
     error: ErrorInfo | None = None
     attempts: int = 0
     truncated: bool = False  # a find stopped at the page cap
+    partial: bool = False  # the server warned that its answer may be incomplete (e.g. Epic 59204)
+    warnings: tuple[str, ...] = ()  # for the reader of the result: the server's warnings, in plain words
+    marker_kept: bool | None = None  # a create was read back: did the server keep the marker identifier?
 
     @classmethod
     def rejected(cls, message: str) -> Outcome:
@@ -110,6 +113,8 @@ def result_record(
         "resource_ids": list(outcome.resource_ids),
         "resources_json": [json.dumps(r, separators=(",", ":")) for r in outcome.resources],
         "truncated": outcome.truncated,
+        "partial": outcome.partial,
+        "warnings": list(outcome.warnings),
         "error": None
         if error is None
         else {

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.fhir.budget import Priority
 from bridge.kafka.context import KafkaContext
+from bridge.kafka.errors import KafkaGlueError, TopicConfigError
 from bridge.kafka.feed import PartitionFeed
 from bridge.kafka.internal import InternalTables
 from bridge.kafka.topics import (
@@ -32,6 +34,7 @@ from bridge.kafka.topics import (
     dlq_topic,
     ensure_topics,
     results_topic,
+    topic_config,
 )
 from bridge.kafka.txn import Committer
 from bridge.logs import log_context
@@ -79,6 +82,36 @@ class SinkTopics:
         ]
 
 
+def check_ledger_topic(admin: AdminClient, topic: str) -> None:
+    """The ledger must be compacted; without `delete` it keeps results past the window (a topic created
+    before the window existed): say so, but keep working."""
+    policy = set(topic_config(admin, topic).get("cleanup.policy", "").split(","))
+    if "compact" not in policy:
+        raise TopicConfigError(
+            f"topic {topic} is not compacted (cleanup.policy={','.join(sorted(policy))}); set "
+            "cleanup.policy=compact,delete with kafka-configs --alter or delete the topic"
+        )
+    if "delete" not in policy:
+        log.warning(
+            "topic %s keeps command results forever (cleanup.policy=compact): set "
+            "cleanup.policy=compact,delete and retention.ms to the idempotency window (kafka-configs)",
+            topic,
+        )
+
+
+def topic_limit(kafka: KafkaContext) -> Callable[[str], int | None]:
+    """A topic's max.message.bytes (None when it cannot be read: the producer's own limit applies)."""
+
+    def limit(topic: str) -> int | None:
+        try:
+            return int(topic_config(kafka.admin, topic, timeout_s=10).get("max.message.bytes") or 0) or None
+        except (KafkaException, KafkaGlueError, ValueError) as exc:  # an ACL, a slow broker: fall back
+            log.warning("max.message.bytes of %s unknown (%s); using the producer's limit", topic, exc)
+            return None
+
+    return limit
+
+
 def metrics_recorder(
     metrics: Metrics, connection: str
 ) -> Callable[[Command | None, dict[str, Any] | None, DeadLetter | None], None]:
@@ -95,6 +128,20 @@ def metrics_recorder(
         if not result.get("replayed"):
             seconds = max(0.0, (int(result["completed_at"]) - int(result["received_at"])) / 1000)
             metrics.command_duration.labels(*labels).observe(seconds)
+
+    return record
+
+
+def partial_recorder(metrics: Metrics, connection: str) -> Callable[[str, str], None]:
+    def record(resource_type: str, code: str) -> None:
+        metrics.partial_answers.labels(connection, "sink", resource_type.lower(), code).inc()
+
+    return record
+
+
+def marker_recorder(metrics: Metrics, connection: str) -> Callable[[str, bool], None]:
+    def record(resource_type: str, kept: bool) -> None:
+        metrics.create_marker_kept.labels(connection, resource_type.lower()).set(1 if kept else 0)
 
     return record
 
@@ -120,7 +167,8 @@ class SinkService:
         self.config = config
         self.topics = SinkTopics.of(config)
         self._kafka = kafka
-        self._ledger = CommandLedger(tables.results, config.name)
+        window = kafka.settings.idempotency_window_days
+        self._ledger = CommandLedger(tables.results, config.name, window_days=window)
         self._committer = committer
         self._feed = feed
         self._metrics = metrics
@@ -142,11 +190,16 @@ class SinkService:
         created = ensure_topics(kafka.admin, topics.specs(kafka.settings.topic_replication_factor))
         if created:
             log.info("%s: created topics %s", config.name, ", ".join(created))
+        check_ledger_topic(kafka.admin, topics.ledger)
         return cls(config, kafka, tables, committer, feed, metrics)
 
     async def run(self, connection: Connection, stop: asyncio.Event) -> None:
         """The command loop, on a route opened for this run (closed when it ends)."""
         config, metrics = self.config, self._metrics
+        ledger = self._ledger
+        if metrics is not None:
+            for resource_type, kept in ledger.markers().items():
+                marker_recorder(metrics, config.name)(resource_type, kept)
         route = await self._feed.open(config.name, "commands", self.topics.commands)
         try:
             executor = FHIRExecutor(
@@ -155,6 +208,9 @@ class SinkService:
                 connection.fhir_client(priority=Priority.INTERACTIVE, retry=RetryPolicy(max_attempts=1)),
                 config,
                 capabilities=connection.fhir.capabilities,
+                on_partial=None if metrics is None else partial_recorder(metrics, config.name),
+                marker_kept=ledger.marker_kept,
+                on_marker=None if metrics is None else marker_recorder(metrics, config.name),
             )
             sink = config.sink
             worker = SinkWorker(
@@ -170,15 +226,19 @@ class SinkService:
                     promise_grace_s=PROMISE_GRACE_S,
                     settle_s=sink.ambiguous_settle_s,
                     clock_skew_margin_s=sink.clock_skew_margin_s,
+                    topic_prefix=config.topic_prefix,
+                    reply_topics=sink.reply_topics,
+                    max_message_bytes=int(self._kafka.config.get("message.max.bytes", 1_000_000)),
                 ),
                 route=route,
                 committer=self._committer,
-                ledger=self._ledger,
+                ledger=ledger,
                 registry=self._kafka.registry,
                 executor=executor,
                 topic_exists=self._topic_exists,
                 on_result=None if metrics is None else metrics_recorder(metrics, config.name),
                 on_lag=None if metrics is None else lag_recorder(metrics, config.name),
+                topic_limit=topic_limit(self._kafka),
             )
             with log_context(connection=config.name, task="sink"):
                 log.info(

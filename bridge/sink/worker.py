@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,17 +34,22 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.errors import KafkaGlueError, NotOwnedError, OwnershipRefusedError, ProducerFencedError
 from bridge.kafka.feed import Route
-from bridge.kafka.registry import IncompatibleSchemaError
+from bridge.kafka.registry import (
+    ForeignSubjectError,
+    IncompatibleSchemaError,
+    is_transient,
+    register_owned_avro,
+)
 from bridge.kafka.txn import Committer, Record, Unit
-from bridge.sink.decode import DeadLetter, RegistryUnavailable, decode_command, precheck
+from bridge.sink.decode import DeadLetter, DeadLetterReason, RegistryUnavailable, decode_command, precheck
 from bridge.sink.dlq import dead_letter_headers
+from bridge.sink.fit import fit_result
 from bridge.sink.ledger import CommandLedger, Entry
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
+from bridge.sink.replies import ReplyPolicy
 from bridge.supervise import wait_or_stop
 
 log = logging.getLogger(__name__)
-
-TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class CommandExecutor(Protocol):
@@ -75,6 +79,10 @@ class SinkSettings:
     promise_grace_s: float = 1.0  # added to a create's deadline in its intent's `until`
     settle_s: float = 1.0  # after a previous owner's `until`: let a request still in flight land
     clock_skew_margin_s: float = 2.0
+    topic_prefix: str | None = None
+    reply_topics: tuple[str, ...] = ()  # sink.reply_topics: names or glob patterns
+    max_message_bytes: int = 1_000_000  # the producer's message.max.bytes
+    max_retry_pause_s: float = 30.0
 
 
 @dataclass
@@ -105,6 +113,7 @@ class SinkWorker:
         topic_exists: Callable[[str], bool],
         on_result: Callable[[Command | None, dict[str, Any] | None, DeadLetter | None], None] | None = None,
         on_lag: Callable[[dict[str, int]], None] | None = None,
+        topic_limit: Callable[[str], int | None] | None = None,
     ) -> None:
         self.settings = settings
         self._route = route
@@ -116,10 +125,13 @@ class SinkWorker:
         self._deserializer = AvroDeserializer(registry)
         self._result_schema = load_schema("command_result.avsc")
         self._codecs: dict[str, TopicCodec] = {}
+        self._replies = ReplyPolicy(settings.results_topic, settings.reply_topics, settings.topic_prefix)
         self._known_topics: set[str] = set()
         self._on_result = on_result
         self._on_lag = on_lag
         self._lag_reported = 0.0
+        self._topic_limit = topic_limit  # a topic's max.message.bytes, None when unknown
+        self._limits: dict[str, int] = {}
         self._stop = asyncio.Event()
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -158,7 +170,7 @@ class SinkWorker:
                     return
                 log.warning("batch of %d commands is processed again in %.0fs: %s", len(batch), pause, exc)
                 await wait_or_stop(self._stop, pause)
-                pause = min(pause * 2, 30.0)
+                pause = min(pause * 2, self.settings.max_retry_pause_s)
 
     # -- one batch ---------------------------------------------------------------------------------
     async def _process(self, batch: list[Message]) -> None:
@@ -182,6 +194,13 @@ class SinkWorker:
             )
         except DeadLetter as dead:
             item.dead = dead
+        except RegistryUnavailable:
+            raise
+        except Exception as exc:  # poison: whatever it is, this record must not stop the partition
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            log.warning("record %s[%d]@%d cannot be decoded: %s", topic, source.partition, source.offset, exc)
+            item.dead = DeadLetter(DeadLetterReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
         return item
 
     def _plan(self, items: list[_Item]) -> None:
@@ -288,10 +307,7 @@ class SinkWorker:
             if item.answered:
                 continue
             if item.dead is not None:
-                headers = dead_letter_headers(item.dead, item.source, self.settings.connection)
-                records.append(
-                    Record(self.settings.dlq_topic, item.source.key, item.message.value(), tuple(headers))
-                )
+                records.append(self._dead_letter(item))
                 continue
             assert item.command is not None
             if item.duplicate_of is not None:
@@ -309,11 +325,14 @@ class SinkWorker:
                     item.received_at,
                     dt.datetime.now(dt.UTC),
                 )
+            topic = self._result_topic(item)
+            result, value = self._encode(topic, result)
+            if item.duplicate_of is None and item.replay is None:
                 where = (item.source.topic, item.source.partition, item.source.offset)
                 records.append(self._ledger.result(item.command.command_id, result, where))
+                records.extend(self._marker_records(item))
             results[index] = result
-            topic = self._result_topic(item)
-            records.append(Record(topic, item.source.key, self._codec(topic).encode(result)))
+            records.append(Record(topic, item.source.key, value))
         unit = Unit(records, owner=self.settings.connection, offsets=self._offsets(batch), label="results")
         await self._committer.commit(unit)
         if self._on_result is not None:
@@ -322,6 +341,45 @@ class SinkWorker:
                     self._on_result(item.command, result, item.dead)
 
     # -- helpers -----------------------------------------------------------------------------------
+    def _dead_letter(self, item: _Item) -> Record:
+        assert item.dead is not None
+        headers = dead_letter_headers(item.dead, item.source, self.settings.connection)
+        value = item.message.value()
+        if value is not None and len(value) > self._limit(self.settings.dlq_topic) - 4096:
+            # Too large to copy (it reached the DLQ for that very reason): keep the headers, which say
+            # where the original is, rather than fail the transaction on every attempt.
+            headers.append(("dlq.value.dropped-bytes", str(len(value)).encode()))
+            value = None
+        return Record(self.settings.dlq_topic, item.source.key, value, tuple(headers))
+
+    def _encode(self, topic: str, result: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        """The result (made smaller when it would not fit the topic) and its Avro encoding."""
+        limit = min(self._limit(topic), self._limit(self._ledger.topic))
+        try:
+            return fit_result(result, self._codec(topic).encode, limit)
+        except Exception as exc:
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            raise
+
+    def _limit(self, topic: str) -> int:
+        """The largest record `topic` accepts: its max.message.bytes, capped by the producer's own limit."""
+        if topic not in self._limits:
+            limit = self._topic_limit(topic) if self._topic_limit is not None else None
+            self._limits[topic] = min(
+                limit or self.settings.max_message_bytes, self.settings.max_message_bytes
+            )
+        return self._limits[topic]
+
+    def _marker_records(self, item: _Item) -> list[Record]:
+        """Record whether the server kept the marker identifier, when this create told something new."""
+        outcome, command = item.outcome, item.command
+        if outcome is None or command is None or outcome.marker_kept is None:
+            return []
+        if self._ledger.marker_kept(command.resource_type) == outcome.marker_kept:
+            return []
+        return [self._ledger.marker(command.resource_type, outcome.marker_kept)]
+
     def _result_topic(self, item: _Item) -> str:
         reply = item.command.reply_topic if item.command is not None else None
         if reply is not None and self._reply_problem(reply) is None:
@@ -329,20 +387,28 @@ class SinkWorker:
         return self.settings.results_topic
 
     def _codec(self, topic: str) -> TopicCodec:
+        """The codec for results on `topic`; registry errors propagate (callers decide what they mean)."""
         if topic not in self._codecs:
-            self._codecs[topic] = TopicCodec(self._registry, topic, self._result_schema)
+            self._codecs[topic] = TopicCodec(
+                self._registry, topic, self._result_schema, register=register_owned_avro
+            )
         return self._codecs[topic]
 
     def _reply_problem(self, topic: str) -> str | None:
-        """Why results cannot go to `topic`, or None when they can."""
-        if not TOPIC_NAME.match(topic) or topic in (".", ".."):
-            return "reply_topic is not a valid Kafka topic name"
+        """Why results cannot go to `topic`, or None when they can. Raises RegistryUnavailable when the
+        registry cannot be asked (the batch is then processed again later)."""
+        if problem := self._replies.problem(topic):
+            return problem
         if not self._topic_exists(topic):
             return f"reply_topic {topic!r} does not exist"
         try:
             self._codec(topic)
-        except IncompatibleSchemaError:
-            return f"reply_topic {topic!r} holds records of another schema"
+        except (IncompatibleSchemaError, ForeignSubjectError) as exc:
+            return f"reply_topic {topic!r} holds records of another schema ({exc})"
+        except Exception as exc:
+            if is_transient(exc):
+                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
+            return f"the schema registry refused the result schema for reply_topic {topic!r}: {exc}"
         return None
 
     def _topic_exists(self, topic: str) -> bool:

@@ -41,6 +41,11 @@ class Interrupted(Exception):
     """The stop event was set; the open batch was committed and the task returns."""
 
 
+class PartialAnswer(FHIRError):
+    """The server answered a search with a warning (e.g. Epic 59204): the page may leave resources out,
+    so it is not the truth for the patient, and the scan counts as failed."""
+
+
 @dataclass
 class TaskStats:
     cycles: int = 0
@@ -164,6 +169,7 @@ class PollTask:
         for variant in self.plan.variants:
             params = self.plan.params(variant, None, self._state.since, None)
             async for page in self._pages(params):
+                self._check_complete(page)
                 await self._take(page.resources)
                 await self._checkpoint()
 
@@ -223,6 +229,7 @@ class PollTask:
                 for variant in self.plan.variants:
                     params = self.plan.params(variant, pid, since, date_from)
                     async for page in self._pages(params):
+                        self._check_complete(page)
                         await self._take(page.resources)
                         if self._stop.is_set():
                             await self._flush(self._state)
@@ -276,6 +283,20 @@ class PollTask:
             return work.result()
         except StopAsyncIteration:
             return None
+
+    def _check_complete(self, page: SearchPage) -> None:
+        """Raise PartialAnswer for a page the server said may be incomplete, before anything on it counts:
+        no event, no fingerprint, no per-patient mark and no cursor moves on a partial answer."""
+        if not page.warnings:
+            return
+        codes = sorted({m.code or "none" for m in page.warnings})
+        rtype = self.plan.resource_type
+        for code in codes:
+            # The code and type only: the server's text can name what it withheld.
+            log.warning("%s: partial answer to a %s search (server warning %s)", self.name, rtype, code)
+            if self._metrics is not None:
+                self._metrics.partial_answers.labels(self.connection, "source", rtype.lower(), code).inc()
+        raise PartialAnswer(f"partial answer (server warning {', '.join(codes)}) to a {rtype} search")
 
     async def _read_patient(self, pid: str) -> None:
         try:

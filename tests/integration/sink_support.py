@@ -36,6 +36,20 @@ ENCOUNTERS_SQL = (
 )
 
 
+def bp_fields(patient: str, at: dt.datetime, encounter: str | None = None) -> dict[str, Any]:
+    """Typed fields of a blood-pressure panel Observation."""
+    return {
+        "patient_id": patient,
+        "encounter_id": encounter,
+        "code": {"system": LOINC, "code": "85354-9", "display": "Blood pressure panel"},
+        "components": [
+            {"code": {"system": LOINC, "code": "8480-6"}, "value_quantity": 121.0, "value_unit": "mm[Hg]"},
+            {"code": {"system": LOINC, "code": "8462-4"}, "value_quantity": 79.0, "value_unit": "mm[Hg]"},
+        ],
+        "effective_at": at,
+    }
+
+
 def encounter_of(sim: Any, patient: str) -> str:
     rows = sim.sim.store.query(ENCOUNTERS_SQL, (patient,))
     assert rows, f"the simulator seeded no encounter for {patient}"

@@ -76,7 +76,8 @@ async def test_request_reply_reply_topic_timeout_and_a_replayed_dead_letter(
 ) -> None:
     sim = epic_sim_factory(profile="epic", patients=2, seed=11, short_page_rate=0)
     patient = sim.sim.store.ids("Patient", limit=1)[0]
-    config = write_connection(sim, tmp_path / "cfg", "client")
+    # The reply topic must be one the connection allows (sink.reply_topics).
+    config = write_connection(sim, tmp_path / "cfg", "client", sink={"reply_topics": ["t.*.replies"]})
     sink = await start_sink(config, kafka_context(kafka_bootstrap, registry_url, tmp_path / "state"))
     kafka = {"bootstrap.servers": kafka_bootstrap}
     topics = Topics(config.name, config.topic_prefix)

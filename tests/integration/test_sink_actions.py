@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 from sink_support import (
     ENCOUNTERS_SQL,
-    LOINC,
     RunningSink,
+    bp_fields,
     encounter_of,
     kafka_context,
     mrn_of,
@@ -71,19 +71,6 @@ async def generic(
     env = await _env(epic_sim_factory, "generic", tmp_path, kafka_bootstrap, registry_url)
     yield env
     await env.sink.close()
-
-
-def bp_fields(patient: str, at: dt.datetime, encounter: str | None = None) -> dict[str, Any]:
-    return {
-        "patient_id": patient,
-        "encounter_id": encounter,
-        "code": {"system": LOINC, "code": "85354-9", "display": "Blood pressure panel"},
-        "components": [
-            {"code": {"system": LOINC, "code": "8480-6"}, "value_quantity": 121.0, "value_unit": "mm[Hg]"},
-            {"code": {"system": LOINC, "code": "8462-4"}, "value_quantity": 79.0, "value_unit": "mm[Hg]"},
-        ],
-        "effective_at": at,
-    }
 
 
 # -- Patient -------------------------------------------------------------------------------------------
@@ -354,33 +341,6 @@ async def test_create_all_five_on_a_generic_server(generic: Env) -> None:
     assert posts == sorted(commands)  # one plain R4 create each, no $find/$book
     reads = [r for r in generic.fhir_requests(seq) if r["method"] == "GET" and "metadata" not in r["path"]]
     assert reads == []  # the generic server answers with the body: nothing to read back
-
-
-async def test_a_result_goes_to_the_commands_reply_topic(
-    epic: Env, new_topic: Any, kafka_bootstrap: str
-) -> None:
-    from confluent_kafka.schema_registry.avro import AvroDeserializer
-    from confluent_kafka.serialization import MessageField, SerializationContext
-    from kafka_support import read_topic
-
-    reply = new_topic("replies")
-    record = epic.sink.send(
-        "Patient", "FIND", criteria={"_id": epic.patient}, reply_topic=reply, correlation_id="r1"
-    )
-    epic.sink.harness.flush()
-    messages = await asyncio.to_thread(read_topic, kafka_bootstrap, reply, "read_committed", 1)
-    epic.sink.harness.collect(1.0)
-    assert len(messages) == 1, epic.sink.harness.results.get(record["command_id"])
-    result = AvroDeserializer(epic.sink.harness.registry)(
-        messages[0].value(), SerializationContext(reply, MessageField.VALUE)
-    )
-    assert (result["command_id"], result["status"], result["correlation_id"]) == (
-        record["command_id"],
-        "SUCCEEDED",
-        "r1",
-    )
-    epic.sink.harness.collect(1.0)
-    assert record["command_id"] not in epic.sink.harness.results  # not on the shared results topic
 
 
 async def test_the_sink_counts_commands_dead_letters_and_lag(

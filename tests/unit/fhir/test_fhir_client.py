@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from bridge.fhir.budget import RequestBudget
-from bridge.fhir.client import FHIRClient, parse_bundle
+from bridge.fhir.client import FHIRClient, SearchPage, parse_bundle
 from bridge.fhir.errors import (
     EPIC_CODE_SYSTEM,
     CrossOriginLinkError,
@@ -175,6 +175,17 @@ async def test_outcome_entries_are_messages_not_resources() -> None:
     page = parse_bundle(mixed)
     assert [r["id"] for r in page.resources] == ["p"] and page.messages[0].code == "59204"
     assert page.included[0]["id"] == "o"
+
+
+def test_a_warning_in_a_successful_search_marks_the_page_incomplete_but_no_results_does_not() -> None:
+    def page_with(*issues: tuple[str, str]) -> SearchPage:
+        extra = [{"resource": outcome(code, "text", severity)} for code, severity in issues]
+        return parse_bundle(bundle([], extra=extra))
+
+    assert [m.code for m in page_with(("59204", "warning")).warnings] == ["59204"]
+    assert page_with(("4101", "warning")).warnings == []
+    assert page_with(("59100", "information")).warnings == []
+    assert [m.code for m in page_with(("4101", "warning"), ("99999", "error")).warnings] == ["99999"]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,15 @@ from bridge.sink.calls import AmbiguousCreate, Backoff, CommandCalls
 from bridge.sink.criteria import UnsupportedCriteria, check_criteria
 from bridge.sink.executor import FHIRExecutor
 from bridge.sink.failures import GiveUp, classify
-from bridge.sink.identity import MARKER_SYSTEM, carries_marker, marker_value, recovery_query, with_marker
+from bridge.sink.identity import (
+    MARKER_SYSTEM,
+    carries_marker,
+    marker_value,
+    natural_key_query,
+    recovery_query,
+    same_natural_key,
+    with_marker,
+)
 from bridge.sink.model import Action, Command, Effect, Source, Status
 
 
@@ -279,6 +287,50 @@ def test_recovery_queries_use_what_the_server_searches() -> None:
         ("patient", "p1"),
         ("identifier", f"{MARKER_SYSTEM}|c/1"),
     ]
+
+
+def test_natural_keys_find_what_a_resource_is_without_the_marker() -> None:
+    obs = {
+        "resourceType": "Observation",
+        "subject": {"reference": "Patient/p1"},
+        "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+        "effectiveDateTime": "2031-01-02T10:00:00Z",
+    }
+    assert natural_key_query(caps(), obs) == [
+        ("patient", "p1"),
+        ("code", "http://loinc.org|85354-9"),
+        ("date", "ge2031-01-01"),
+        ("date", "le2031-01-03"),
+    ]
+    assert same_natural_key(obs, {**obs, "id": "o1", "effectiveDateTime": "2031-01-02T10:00:00.000+00:00"})
+    assert not same_natural_key(obs, {**obs, "effectiveDateTime": "2031-01-02T10:01:00Z"})
+    assert not same_natural_key(obs, {**obs, "subject": {"reference": "Patient/p2"}})
+    note = {
+        "resourceType": "DocumentReference",
+        "subject": {"reference": "Patient/p1"},
+        "type": {"coding": [{"system": "http://loinc.org", "code": "11506-3"}]},
+        "context": {"encounter": [{"reference": "Encounter/e1"}]},
+        "date": "2031-01-02T10:00:00Z",
+    }
+    assert same_natural_key(note, {**note, "id": "d1"})
+    assert not same_natural_key(note, {**note, "context": {"encounter": [{"reference": "Encounter/e2"}]}})
+    patient = {
+        "resourceType": "Patient",
+        "name": [{"family": "Lin", "given": ["Derrick"]}],
+        "birthDate": "1973-06-03",
+        "identifier": [{"system": MARKER_SYSTEM, "value": "c/1"}],
+    }
+    assert natural_key_query(caps(), patient) == [
+        ("family", "Lin"),
+        ("given", "Derrick"),
+        ("birthdate", "1973-06-03"),
+    ]
+    assert same_natural_key(
+        patient, {**patient, "name": [{"family": "LIN", "given": ["derrick"]}], "id": "p"}
+    )
+    with_mrn = {**patient, "identifier": [{"system": "urn:mrn", "value": "42"}]}
+    assert natural_key_query(caps(), with_mrn) == [("identifier", "urn:mrn|42")]
+    assert natural_key_query(caps(), {"resourceType": "Encounter"}) is None
 
 
 # -- the executor against a mock server ------------------------------------------------------------------
