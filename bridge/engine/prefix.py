@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 Side = Literal["source", "sink"]
 T = TypeVar("T")
 
-START_RETRY_MIN_S, START_RETRY_MAX_S = 1.0, 60.0
+START_RETRY_MIN_S, START_RETRY_MAX_S = 1.0, 30.0
 SETTLE_TIMEOUT_S = 120.0
 
 

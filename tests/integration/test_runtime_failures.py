@@ -1,10 +1,11 @@
-"""Failures stay small in `epic-bridge run`: one connection's broken task, or a connection that cannot
-be opened at all, neither stops the process nor the other connections, and /readyz and /metrics say
-what is wrong."""
+"""Failures stay small in `epic-bridge run`: one connection's broken task, a connection that cannot be
+opened at all, or Kafka away at start-up, neither stops the process nor the other connections, and
+/readyz and /metrics say what is wrong."""
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from process_support import BridgeProcess, readyz, wait_for
 from source_support import RESOURCES, connection_config, sim_read, sim_resources, sim_update
+from tcp_proxy import TcpProxy
 from test_source_crash import events_by_resource
 
 pytestmark = pytest.mark.integration
@@ -109,3 +111,49 @@ def test_a_connection_that_never_opens_is_listed_on_readyz_with_its_reason(
         ready.text
     )
     assert process.terminate() == 0
+
+
+def test_kafka_away_at_start_keeps_the_process_up_not_ready_and_it_starts_once_kafka_answers(
+    epic_sim_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    """The bridge reaches Kafka through a proxy that is down for the first 40 s (longer than any of the
+    client's own timeouts): the process stays up, healthy but not ready, saying why, and retries; once
+    Kafka answers it starts and publishes."""
+    host, port = kafka_bootstrap.rsplit(":", 1)
+    proxy = TcpProxy(host, int(port))
+    proxy.cut()
+    try:
+        sim = epic_sim_factory(profile="epic", patients=1, seed=24)
+        config_dir = tmp_path / "configs"
+        config_dir.mkdir()
+        cfg = connection_config(sim, config_dir, name="later", prefix=unique_name("src"))
+        env = {**bridge_env, "EPIC_BRIDGE_KAFKA_BOOTSTRAP": f"127.0.0.1:{proxy.port}"}
+        process = BridgeProcess(config_dir, env, tmp_path / "bridge.log")
+        processes.append(process)
+        process.start()
+        wait_for(lambda: "cannot start" in process.log.read_text(), 60, "the first failed start")
+        time.sleep(40 - 30)  # the first attempt alone waits 30 s for Kafka's metadata
+        assert process.proc is not None and process.proc.poll() is None, process.log.read_text()[-2000:]
+        url = readyz(process.log).url
+        assert httpx.get(url.copy_with(path="/healthz"), timeout=10).status_code == 200
+        ready = readyz(process.log)
+        assert (
+            ready.status_code == 503
+            and "cannot start" in ready.json()["checks"]["membership:" + cfg.topic_prefix]
+        )
+        proxy.restore()
+        wait_for(
+            lambda: "later/patient: cycle 2" in process.log.read_text(), 120, "the start once Kafka answers"
+        )
+        assert readyz(process.log).status_code == 200
+        assert process.terminate() == 0
+        expected = {(r, i) for r in RESOURCES for i in sim_resources(sim, r)}
+        assert set(events_by_resource(kafka_bootstrap, schema_registry, cfg)) == expected
+    finally:
+        proxy.close()
