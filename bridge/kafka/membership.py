@@ -191,7 +191,10 @@ class Membership:
             log.info("%s: gained %s", self.settings.group, ", ".join(names))
             self._listener.gained(names)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # The rebalance already moved this member to a new generation: the handover's final commits
+        # need it, not the copy taken before this poll.
+        self._metadata = consumer.consumer_group_metadata()
         names = self._names(partitions)
         if not names:
             return

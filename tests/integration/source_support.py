@@ -25,7 +25,7 @@ from bridge.kafka.txn import Committer
 from bridge.source.service import SourceService
 
 ALL_SCOPES = [
-    f"system/{t}.rs" for t in ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
+    f"system/{t}.crs" for t in ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
 ]
 ALL_SCOPES += ["system/Group.r"]
 RESOURCES = ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
@@ -63,6 +63,8 @@ def connection_config(
     resources: dict[str, dict[str, Any]] | None = None,
     source: dict[str, Any] | None = None,
     rate: float = 500.0,
+    poll_interval_s: float = 1,
+    sink: dict[str, Any] | None = None,
 ) -> ConnectionConfig:
     client_id = f"bridge-{uuid.uuid4().hex[:8]}"
     key_file = register_backend_client(sim, folder, client_id)
@@ -78,12 +80,13 @@ def connection_config(
             "keys": [{"private_key": {"file": str(key_file)}}],
         },
         "resources": resources,
-        "poll_interval_s": 1,
+        "poll_interval_s": poll_interval_s,
         "roster": roster or {"source": "group", "group_id": sim.stats()["roster_group"]},
         "initial_sync": initial_sync,
         "topic_prefix": prefix,
         "rate_limit": {"requests_per_second": rate, "burst": int(rate)},
         "source": {"batch_max_seconds": 30, **(source or {})},
+        **({"sink": sink} if sink else {}),
     }
     (folder / f"{name}.json").write_text(json.dumps(doc, indent=2))
     return ConnectionConfig.model_validate(doc).with_source_dir(folder)
