@@ -36,6 +36,8 @@ from machine import describe
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.auth.keys import KeySet, generate_key_pair, load_private_key
+from bridge.kafka.context import KafkaContext, KafkaSettings
+from bridge.ops.owners import owners
 
 BIN = Path(sys.executable).parent
 RESOURCES = ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
@@ -181,7 +183,15 @@ def takeovers(bridges: list[Bridge], after: float) -> dict[str, float]:
     return found
 
 
-def run(count: int, names: list[str], work: Path, env: dict[str, str], window_s: float) -> dict[str, Any]:
+def run(
+    count: int, names: list[str], work: Path, env: dict[str, str], window_s: float, prefix: str
+) -> dict[str, Any]:
+    kafka = KafkaContext(
+        KafkaSettings(
+            kafka_bootstrap=env["EPIC_BRIDGE_KAFKA_BOOTSTRAP"],
+            schema_registry_url=env["EPIC_BRIDGE_SCHEMA_REGISTRY_URL"],
+        )
+    )
     bridges = [start_bridge(work, env, f"p{count}-{i}") for i in range(count)]
     try:
         started = time.monotonic()
@@ -208,7 +218,7 @@ def run(count: int, names: list[str], work: Path, env: dict[str, str], window_s:
         }
         if count > 1:
             victim, survivors = bridges[-1], bridges[:-1]
-            owned = {n for n in names if n in takeovers([victim], 0)}
+            owned = {o.connection for o in owners(kafka, prefix, names, {}) if o.instance == victim.instance}
             killed_at = time.time()
             victim.proc.send_signal(signal.SIGKILL)
             victim.proc.wait(30)
@@ -260,7 +270,7 @@ def main() -> None:
                 "EPIC_BRIDGE_LOG_FORMAT": "json",
             }
             for count in (int(c) for c in args.processes.split(",")):
-                result = run(count, names, work, env, args.window)
+                result = run(count, names, work, env, args.window, prefix)
                 ready = result["ready_s"]
                 print(f"\n{count} process(es): all connections owned and polled once after {ready:.0f}s")
                 print("  process   RSS MiB  threads  Kafka clients  connections")
