@@ -99,6 +99,8 @@ class PrefixEngine:
         self._wanted: set[str] = set()  # gained and not revoked since, as seen on the loop
         self._takeovers: set[asyncio.Task[None]] = set()
         self._closing = False
+        metrics.owned_connections.labels(prefix).set_function(self._owned_connections)
+        metrics.owned_tasks.labels(prefix).set_function(self._owned_tasks)
 
     # -- lifecycle ---------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -197,7 +199,6 @@ class PrefixEngine:
         await asyncio.gather(*self._takeovers, return_exceptions=True)
         await asyncio.gather(*(w.stop(handover=True) for w in self.workers.values()))
         self._wanted.clear()
-        self._gauges()
         await self._call(self._close_clients)  # leaves the group: the others take over at once
         self._blocking.shutdown(wait=False)
 
@@ -279,7 +280,6 @@ class PrefixEngine:
             ", ".join(wanted) or "nothing",
             time.monotonic() - started,
         )
-        self._gauges()
 
     def _fenced(self, _connections: list[str]) -> None:
         """Another process uses this instance id: commit nothing, and leave the group so the connections
@@ -291,7 +291,6 @@ class PrefixEngine:
         async def step_aside() -> None:
             await asyncio.gather(*(w.stop(handover=False) for w in self.workers.values()))
             self._wanted.clear()
-            self._gauges()
             membership = self.membership
             if membership is not None:
                 await self._call(membership.stop)
@@ -318,12 +317,12 @@ class PrefixEngine:
         await asyncio.gather(
             *(self.workers[c].stop(handover=handover) for c in connections if c in self.workers)
         )
-        self._gauges()
 
-    def _gauges(self) -> None:
-        running = [w for w in self.workers.values() if w.running]
-        self.metrics.owned_connections.labels(self.prefix).set(len(running))
-        self.metrics.owned_tasks.labels(self.prefix).set(sum(w.tasks() for w in running))
+    def _owned_connections(self) -> float:
+        return float(sum(1 for w in self.workers.values() if w.running))
+
+    def _owned_tasks(self) -> float:
+        return float(sum(w.tasks() for w in self.workers.values() if w.running))
 
     # -- readiness ---------------------------------------------------------------------------------
     def check(self) -> str | None:

@@ -23,10 +23,12 @@ from confluent_kafka.admin import AdminClient
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.fhir.budget import Priority
+from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.errors import KafkaGlueError, TopicConfigError
 from bridge.kafka.feed import PartitionFeed
 from bridge.kafka.internal import InternalTables
+from bridge.kafka.registry import register_owned_avro
 from bridge.kafka.topics import (
     TopicSpec,
     command_results_topic,
@@ -172,6 +174,26 @@ class SinkService:
         self._committer = committer
         self._feed = feed
         self._metrics = metrics
+        self._known: dict[str, tuple[TopicCodec | None, int | None]] = {}
+
+    def _look_up(self) -> None:
+        """Blocking: the result schema registered for the results topic, and the size limits of the topics
+        every batch writes, so the command loop does not ask Kafka or the registry on the event loop."""
+        limit = topic_limit(self._kafka)
+        results = self.topics.results
+        codec: TopicCodec | None = None
+        try:
+            schema = load_schema("command_result.avsc")
+            codec = TopicCodec(self._kafka.registry, results, schema, register=register_owned_avro)
+        except Exception as exc:  # noqa: BLE001 - the command loop meets it again, per batch, and answers it
+            log.warning(
+                "%s: the result schema of %s is not registered yet: %s", self.config.name, results, exc
+            )
+        self._known = {
+            results: (codec, limit(results)),
+            self.topics.dlq: (None, limit(self.topics.dlq)),
+            self.topics.ledger: (None, limit(self.topics.ledger)),
+        }
 
     @classmethod
     def prepare(
@@ -191,7 +213,9 @@ class SinkService:
         if created:
             log.info("%s: created topics %s", config.name, ", ".join(created))
         check_ledger_topic(kafka.admin, topics.ledger)
-        return cls(config, kafka, tables, committer, feed, metrics)
+        service = cls(config, kafka, tables, committer, feed, metrics)
+        service._look_up()
+        return service
 
     async def run(self, connection: Connection, stop: asyncio.Event) -> None:
         """The command loop, on a route opened for this run (closed when it ends)."""
@@ -239,6 +263,7 @@ class SinkService:
                 on_result=None if metrics is None else metrics_recorder(metrics, config.name),
                 on_lag=None if metrics is None else lag_recorder(metrics, config.name),
                 topic_limit=topic_limit(self._kafka),
+                known=self._known,
             )
             with log_context(connection=config.name, task="sink"):
                 log.info(

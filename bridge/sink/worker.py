@@ -114,7 +114,9 @@ class SinkWorker:
         on_result: Callable[[Command | None, dict[str, Any] | None, DeadLetter | None], None] | None = None,
         on_lag: Callable[[dict[str, int]], None] | None = None,
         topic_limit: Callable[[str], int | None] | None = None,
+        known: Mapping[str, tuple[TopicCodec | None, int | None]] | None = None,
     ) -> None:
+        """`known`: codecs and max.message.bytes of topics looked up beforehand (off the event loop)."""
         self.settings = settings
         self._route = route
         self._committer = committer
@@ -132,6 +134,10 @@ class SinkWorker:
         self._lag_reported = 0.0
         self._topic_limit = topic_limit  # a topic's max.message.bytes, None when unknown
         self._limits: dict[str, int] = {}
+        for topic, (codec, limit) in (known or {}).items():
+            if codec is not None:
+                self._codecs[topic] = codec
+            self._limits[topic] = min(limit or settings.max_message_bytes, settings.max_message_bytes)
         self._stop = asyncio.Event()
 
     # -- the loop ----------------------------------------------------------------------------------
