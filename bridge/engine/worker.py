@@ -14,7 +14,6 @@ with backoff and is reported, never stopping the other part or another connectio
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
+from bridge.health import token_check
 from bridge.logs import log_context
 from bridge.metrics import Metrics
 from bridge.sink.service import SinkService
@@ -139,12 +139,7 @@ class ConnectionWorker:
         connection = self.connection
         if connection is None:
             raise RuntimeError("starting")
-        future = asyncio.run_coroutine_threadsafe(connection.tokens.get(), loop)
-        try:
-            future.result(timeout_s)
-        except concurrent.futures.TimeoutError as exc:
-            future.cancel()
-            raise TimeoutError(f"no token within {timeout_s:.0f}s") from exc
+        token_check(loop, connection.tokens.get, timeout_s)()
         problems = self.health.problems()
         if problems:
             raise RuntimeError("; ".join(problems))
