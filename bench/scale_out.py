@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from confluent_kafka.admin import AdminClient
 from machine import describe
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -259,8 +260,8 @@ def main() -> None:
         (work / "configs").mkdir()
         port = free_port()
         sim = start_simulator(port, 2 * args.connections, work / "sim.log")
+        prefix = f"scale{uuid.uuid4().hex[:8]}"
         try:
-            prefix = f"scale{uuid.uuid4().hex[:8]}"
             names = write_configs(work / "configs", f"http://127.0.0.1:{port}", prefix, args.connections)
             env = {
                 **os.environ,
@@ -287,6 +288,10 @@ def main() -> None:
         finally:
             sim.send_signal(signal.SIGTERM)
             sim.wait(30)
+            admin = AdminClient({"bootstrap.servers": bootstrap})  # hundreds of partitions: leave none
+            names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix + ".")]
+            for future in admin.delete_topics(names, operation_timeout=60).values() if names else []:
+                future.result()
 
 
 if __name__ == "__main__":

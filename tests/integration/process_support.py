@@ -92,3 +92,14 @@ def readyz(log: Path) -> httpx.Response:
     url = re.search(r"serving (http://[0-9.]+:[0-9]+)", log.read_text())
     assert url is not None
     return httpx.get(url.group(1) + "/readyz", timeout=15)
+
+
+def delete_topics_of(bootstrap: str, prefix: str) -> None:
+    """Delete every topic under `prefix` (a test with many connections leaves hundreds of partitions on the
+    shared broker otherwise)."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix + ".")]
+    for future in admin.delete_topics(names, operation_timeout=60).values() if names else []:
+        future.result()

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from process_support import BridgeProcess, wait_for
+from process_support import BridgeProcess, delete_topics_of, wait_for
 from sink_support import bp_fields
 from source_support import (
     OBS_CATEGORIES,
@@ -220,6 +220,21 @@ def test_three_processes_under_kills_pauses_and_restarts_publish_once_and_answer
         for n in range(PROCESSES)
     ]
     processes += bridges
+    try:
+        run_chaos(sim, configs, bridges, kafka_bootstrap, schema_registry)
+    finally:
+        for bridge in bridges:
+            bridge.stop_quietly()
+        delete_topics_of(kafka_bootstrap, prefix)
+
+
+def run_chaos(
+    sim: Any,
+    configs: list[ConnectionConfig],
+    bridges: list[BridgeProcess],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+) -> None:
     for bridge in bridges:
         bridge.start()
     for bridge in bridges:
