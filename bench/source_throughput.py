@@ -152,12 +152,20 @@ def kafka_context(args: argparse.Namespace, instance: str) -> Any:
 def phase_bridge(args: argparse.Namespace) -> dict[str, Any]:
     from bridge.config.models import ConnectionConfig
     from bridge.connection import Connection
-    from bridge.source.service import InternalTables, SourceService
+    from bridge.kafka.internal import InternalTables
+    from bridge.kafka.topics import ensure_topics, internal_topic_specs
+    from bridge.kafka.txn import Committer
+    from bridge.source.service import SourceService
 
     cfg = ConnectionConfig.model_validate(connection_doc(args))
     kafka = kafka_context(args, "bench-bridge")
+    ensure_topics(
+        kafka.admin, internal_topic_specs(cfg.topic_prefix, kafka.settings.internal_topic_partitions)
+    )
     tables = InternalTables.open(kafka, cfg.topic_prefix)
-    service = SourceService.prepare(cfg, kafka, tables)
+    committer = Committer(kafka.config, kafka.transactional_id(cfg.topic_prefix))
+    committer.start().result()
+    service = SourceService.prepare(cfg, kafka, tables, committer)
     tables.catch_up()
 
     async def sync() -> None:
@@ -169,7 +177,7 @@ def phase_bridge(args: argparse.Namespace) -> dict[str, Any]:
     asyncio.run(sync())
     wall = time.perf_counter() - t0
     cpu1, rss = usage()
-    service.close()
+    committer.close()
     tables.close()
     stats = [t.stats for t in service.tasks]
     return {
@@ -279,35 +287,31 @@ def phase_state(args: argparse.Namespace) -> dict[str, Any]:
     """Track M fingerprints through the `_state` topic, rebuild the cache from it, use it; report RSS."""
     from bridge.kafka.table import CompactedTable
     from bridge.kafka.topics import TopicSpec, ensure_topics
-    from bridge.kafka.transactions import TransactionalProducer
+    from bridge.kafka.txn import Committer, Unit
     from bridge.source.state import Seen, SeenStore
 
     kafka = kafka_context(args, f"bench-state-{args.tracked}")
     topic = f"{args.prefix}.state-{args.tracked}._state"
     ensure_topics(kafka.admin, [TopicSpec.compacted(topic)])
     db = Path(args.state_dir) / f"state-{args.tracked}.db"
-    producer = TransactionalProducer(
-        kafka.config, kafka.transactional_id("bench", "state", str(args.tracked))
-    )
-    producer.init()
+    committer = Committer(kafka.config, kafka.transactional_id("bench", "state", str(args.tracked)))
+    committer.start().result()
     seen = SeenStore(CompactedTable(kafka.config, topic, db))
     t0 = time.perf_counter()
     batch = 20_000
     for start in range(0, args.tracked, batch):
-        with producer.transaction():
-            writes = [
-                seen.stage(
-                    producer,
-                    "bench",
-                    "Observation",
-                    f"obs-{i:09d}",
-                    # real fingerprints are SHA-256 hex: they do not compress, unlike a constant would
-                    Seen(hashlib.sha256(b"%d" % i).hexdigest(), f"pat-{i // 40:08d}"),
-                )
-                for i in range(start, min(start + batch, args.tracked))
-            ]
-        seen.apply(writes)
-    producer.close()
+        records = [
+            seen.record(
+                "bench",
+                "Observation",
+                f"obs-{i:09d}",
+                # real fingerprints are SHA-256 hex: they do not compress, unlike a constant would
+                Seen(hashlib.sha256(b"%d" % i).hexdigest(), f"pat-{i // 40:08d}"),
+            )
+            for i in range(start, min(start + batch, args.tracked))
+        ]
+        committer.commit_sync(Unit(records))  # the cache learns them once committed
+    committer.close()
     written_s = time.perf_counter() - t0
     _, rss_written = usage()
     # a restart on a new machine: the cache is gone and is rebuilt from the compacted topic

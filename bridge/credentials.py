@@ -24,13 +24,15 @@ from typing import Any
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from pydantic import SecretStr
 
+from bridge.errors import BridgeError
+
 log = logging.getLogger(__name__)
 
 KEY_ENV = "EPIC_BRIDGE_CREDENTIALS_KEY"
 KEY_FILE_ENV = "EPIC_BRIDGE_CREDENTIALS_KEY_FILE"
 
 
-class CredentialStoreError(Exception):
+class CredentialStoreError(BridgeError):
     """The store cannot be opened, read or written (message never contains secret material)."""
 
 

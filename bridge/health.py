@@ -2,9 +2,10 @@
 
 * /healthz answers whether the process is alive *and its event loop is turning*: a heartbeat task stamps
   the time every second, so a loop that is blocked or dead fails the check instead of looking healthy.
-* /readyz answers whether the bridge can do its work now: Kafka answers, the schema registry answers, and
-  every connection can get an access token (from cache, or a refresh). Each check says why it failed,
-  never with a secret in it.
+* /readyz answers whether this process can do its work now: Kafka answers, the schema registry answers,
+  it is a member of its group (and not fenced), and every connection it owns is open, can get an access
+  token and has no failing task; connections another process owns are listed as such. Each check says
+  why it failed, never with a secret in it.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from bridge.web import WebResponse, WebServer
 
 log = logging.getLogger(__name__)
 
-Check = Callable[[], None]  # raises with a readable message when not ready
+Check = Callable[[], "str | None"]  # raises with a readable message when not ready; may return a note
 
 
 @dataclass
@@ -62,8 +63,8 @@ def add_health_routes(
         ready = True
         for name, check in checks.items():
             try:
-                check()
-                results[name] = "ok"
+                note = check()
+                results[name] = "ok" if note is None else f"ok: {note}"
             except Exception as exc:  # noqa: BLE001 - any failure is a "not ready" with its reason
                 ready = False
                 results[name] = f"{type(exc).__name__}: {exc}"[:300]

@@ -183,6 +183,44 @@ class Metrics:
             "epic_bridge_state_store_keys", "Keys in a local state cache", ["store"], registry=r
         )
 
+        self.commits = Counter(
+            "epic_bridge_kafka_commits_total",
+            "Outcomes of the units committed by the process's transaction helper (one per batch, "
+            "intent or result); refused: the process no longer owns the connection",
+            ["prefix", "outcome"],
+            registry=r,
+        )
+
+        # -- scale-out ------------------------------------------------------------------------
+        self.owned_connections = Gauge(
+            "epic_bridge_owned_connections",
+            "Connections this process owns (runs the poll tasks and sink of)",
+            ["prefix"],
+            registry=r,
+        )
+        self.owned_tasks = Gauge(
+            "epic_bridge_owned_poll_tasks", "Poll tasks this process runs", ["prefix"], registry=r
+        )
+        self.rebalances = Counter(
+            "epic_bridge_rebalances_total",
+            "Connections gained, handed over (revoked) or lost without a handover",
+            ["prefix", "kind"],
+            registry=r,
+        )
+        self.handover_duration = Histogram(
+            "epic_bridge_handover_duration_seconds",
+            "Time to commit and stop a connection's work when it is handed over",
+            ["prefix"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "epic_bridge_task_restarts_total",
+            "Tasks (poll tasks, sinks, source planning) restarted after an unexpected failure",
+            ["connection", "task", "error"],
+            registry=r,
+        )
+
         # -- sink -----------------------------------------------------------------------------
         self.commands = Counter(
             "epic_bridge_commands_total",

@@ -1,54 +1,38 @@
-"""The `epic-bridge run` process: every configured connection's source poll tasks and sink.
+"""The `epic-bridge run` process: an engine per topic prefix (bridge.engine.prefix), health and signals.
 
-Start-up: create topics, register schemas and fence older workers (every producer's
-`init_transactions()`), then rebuild the local caches from the compacted topics, then open the
-connections and poll. SIGTERM/SIGINT set one stop event: each task commits the batch it holds (or,
-if a commit fails, nothing of it becomes visible) and returns; producers are closed, aborting
-anything still open. A second signal cancels what is left; uncommitted work is aborted, never half
-published. A connection that cannot be opened (server down, auth refused) is retried with backoff
-without holding up the others.
+Every process started with the same configs joins the same group and gets a share of the connections;
+the rest wait as standbys and take over when an owner stops or dies (see bridge.kafka.membership).
+Nothing that Kafka, the registry or Epic does makes the process exit: start-up, connections and tasks are
+retried with backoff and /readyz says what is wrong.
+
+SIGTERM/SIGINT set one stop event: each connection's tasks commit the batch they hold (or, if a commit
+fails, nothing of it becomes visible) and return, then the process leaves the group, so the others take
+its connections over at once. A second signal cancels what is left (uncommitted work is aborted, never
+half published) — unless it arrives within a second of the first: a terminal's Ctrl-C reaches the whole
+process group and a supervising script often forwards its own stop right after; that is one request.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
-import importlib.util
-import inspect
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal
+import time
+from collections.abc import Sequence
+from typing import Any
 
 from bridge.config.models import ConnectionConfig
-from bridge.connection import Connection
-from bridge.health import Check, Heartbeat, add_health_routes, kafka_check, registry_check, token_check
+from bridge.engine.prefix import PrefixEngine, Side
+from bridge.health import Check, Heartbeat, add_health_routes, kafka_check, registry_check
 from bridge.kafka.context import KafkaContext
 from bridge.metrics import Metrics
-from bridge.source.service import InternalTables, SourceService, source_resources
 from bridge.web import WebServer
 
 log = logging.getLogger(__name__)
 
-Side = Literal["source", "sink"]
-SinkRunner = Callable[[Connection, ConnectionConfig, KafkaContext, asyncio.Event], Awaitable[None]]
+SAME_STOP_WINDOW_S = 1.0
 
-RETRY_MIN_S, RETRY_MAX_S = 1.0, 60.0
-
-
-def sink_runner() -> SinkRunner | None:
-    """`bridge.sink.service.run_sink` when the sink side is installed in this build."""
-    if importlib.util.find_spec("bridge.sink.service") is None:
-        return None
-    module = importlib.import_module("bridge.sink.service")
-    runner: SinkRunner | None = getattr(module, "run_sink", None)
-    return runner
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
+__all__ = ["Runtime", "Side", "run_bridge"]
 
 
 class Runtime:
@@ -66,41 +50,38 @@ class Runtime:
         self.web = web
         self.metrics = metrics if metrics is not None else Metrics()
         self.heartbeat = Heartbeat()
-        # read by /readyz at request time; a connection adds its token check once it is open
+        self.kafka = kafka
+        self.sides = sides
+        self.stop = asyncio.Event()
+        self._stop_requested = 0.0
+        prefixes = sorted({c.topic_prefix for c in self.configs})
+        self.engines = {
+            prefix: PrefixEngine(
+                prefix,
+                [c for c in self.configs if c.topic_prefix == prefix],
+                kafka,
+                sides=sides,
+                store=credential_store,
+                metrics=self.metrics,
+            )
+            for prefix in prefixes
+        }
+        # read by /readyz at request time
         self.checks: dict[str, Check] = {
             "kafka": kafka_check(kafka.admin.list_topics),
             "registry": registry_check(kafka.registry.get_subjects),
         }
-        self.kafka = kafka
-        self.sides = sides
-        self.store = credential_store
-        self.stop = asyncio.Event()
-        self.tables: dict[str, InternalTables] = {}
-        self.sources: dict[str, SourceService] = {}
-        self.failed = False
 
-    # -- start-up ----------------------------------------------------------------------------------
-    def _prepare_sources(self) -> None:
-        """Topics, schemas, producers (fencing), then the caches — blocking; runs in a thread."""
-        for cfg in self.configs:
-            if not source_resources(cfg):
-                continue
-            tables = self.tables.get(cfg.topic_prefix)
-            if tables is None:
-                tables = self.tables[cfg.topic_prefix] = InternalTables.open(self.kafka, cfg.topic_prefix)
-            self.sources[cfg.name] = SourceService.prepare(cfg, self.kafka, tables)
-        for prefix, tables in self.tables.items():
-            tables.catch_up()
-            keys = len(tables.state)
-            self.metrics.state_store_keys.labels(tables.state.topic).set(keys)
-            log.info("caches of %s caught up (%d fingerprints)", prefix, keys)
+    def _add_checks(self, loop: asyncio.AbstractEventLoop) -> None:
+        for prefix, engine in self.engines.items():
+            self.checks[f"membership:{prefix}"] = engine.check
+            for cfg in engine.configs:
+                self.checks[f"connection:{cfg.name}"] = engine.connection_check(cfg.name, loop)
 
     async def run(self) -> int:
         """Run until stopped; returns the process exit code."""
-        sink = sink_runner() if "sink" in self.sides else None
-        if "sink" in self.sides and sink is None:
-            log.info("the sink side is not part of this build; running the source side only")
         heartbeat = asyncio.create_task(self.heartbeat.run(self.stop))
+        self._add_checks(asyncio.get_running_loop())
         try:
             if self.web is not None:
                 add_health_routes(
@@ -108,101 +89,27 @@ class Runtime:
                 )
                 self.web.start()  # the JWK Set Epic fetches, /metrics, /healthz, /readyz
                 log.info("serving %s", self.web.url)
-            if "source" in self.sides:
-                try:
-                    await asyncio.to_thread(self._prepare_sources)
-                except Exception as exc:  # noqa: BLE001 - Kafka, registry or topic settings: say why, exit 1
-                    log.error("the source side cannot start: %s: %s", type(exc).__name__, exc)
-                    self.failed = True
-                    return 1
-            jobs = [self._connection(cfg, sink) for cfg in self.configs]
-            await asyncio.gather(*jobs)
+            await asyncio.gather(*(engine.run(self.stop) for engine in self.engines.values()))
         finally:
-            for service in self.sources.values():
-                service.close()
-            for tables in self.tables.values():
-                tables.close()
             if self.web is not None:
                 self.web.stop()
             self.stop.set()
             await heartbeat
-        return 1 if self.failed else 0
-
-    # -- one connection ----------------------------------------------------------------------------
-    async def _connection(self, cfg: ConnectionConfig, sink: SinkRunner | None) -> None:
-        source = self.sources.get(cfg.name)
-        if source is None and sink is None:
-            return
-        delay = RETRY_MIN_S
-        while not self.stop.is_set():
-            try:
-                connection = await Connection.open(cfg, store=self.store, metrics=self.metrics)
-            except Exception as exc:  # noqa: BLE001 - any failure to open is retried, not fatal
-                log.warning("%s: cannot open the connection (retry in %.0fs): %s", cfg.name, delay, exc)
-                await _wait(self.stop, delay)
-                delay = min(delay * 2, RETRY_MAX_S)
-                continue
-            self.checks[f"connection:{cfg.name}"] = token_check(
-                asyncio.get_running_loop(), connection.tokens.get
-            )
-            if source is not None:
-                self.checks[f"source:{cfg.name}"] = source.check_not_fenced
-            try:
-                await self._serve(cfg, connection, source, sink)
-                return
-            except Exception:
-                log.exception("%s: stopped by an unexpected error; the bridge shuts down", cfg.name)
-                self.failed = True
-                self.stop.set()
-                return
-            finally:
-                self.checks.pop(f"connection:{cfg.name}", None)
-                await connection.aclose()
-
-    async def _serve(
-        self,
-        cfg: ConnectionConfig,
-        connection: Connection,
-        source: SourceService | None,
-        sink: SinkRunner | None,
-    ) -> None:
-        jobs: list[Awaitable[None]] = []
-        if source is not None:
-            jobs.append(self._source(cfg, connection, source))
-        if sink is not None:
-            if "metrics" in inspect.signature(sink).parameters:
-                jobs.append(sink(connection, cfg, self.kafka, self.stop, metrics=self.metrics))  # type: ignore[call-arg]
-            else:
-                jobs.append(sink(connection, cfg, self.kafka, self.stop))
-        await asyncio.gather(*jobs)
-
-    async def _source(self, cfg: ConnectionConfig, connection: Connection, source: SourceService) -> None:
-        from bridge.fhir.errors import FHIRError
-
-        delay = RETRY_MIN_S
-        while not self.stop.is_set():
-            try:
-                await source.run(connection, self.stop, metrics=self.metrics)
-                if source.fenced and not self.stop.is_set():
-                    # another instance took these tasks over: stay up, not ready, until told to stop;
-                    # exiting would make a supervisor restart this one and fence the other in turn
-                    await self.stop.wait()
-                return
-            except FHIRError as exc:  # e.g. /metadata unreachable: plan again later
-                log.warning("%s: source cannot start (retry in %.0fs): %s", cfg.name, delay, exc)
-                await _wait(self.stop, delay)
-                delay = min(delay * 2, RETRY_MAX_S)
+        return 0
 
     # -- signals -----------------------------------------------------------------------------------
     def install_signal_handlers(self, loop: asyncio.AbstractEventLoop, main: asyncio.Task[int]) -> None:
         def on_signal(signum: int) -> None:
+            name = signal.Signals(signum).name
+            now = time.monotonic()
             if not self.stop.is_set():
-                log.warning("%s: finishing the open batches, then stopping", signal.Signals(signum).name)
+                log.warning("%s: finishing the open batches, then stopping", name)
+                self._stop_requested = now
                 self.stop.set()
+            elif now - self._stop_requested < SAME_STOP_WINDOW_S:
+                log.info("%s: already stopping", name)
             else:
-                log.warning(
-                    "second %s: cancelling; open transactions are aborted", signal.Signals(signum).name
-                )
+                log.warning("second %s: cancelling; open transactions are aborted", name)
                 main.cancel()
 
         for signum in (signal.SIGTERM, signal.SIGINT):

@@ -30,6 +30,10 @@ from bridge.kafka.topics import TopicSpec, ensure_topics
 REPO = Path(__file__).resolve().parent.parent
 STACK = REPO / "stack"
 
+# Every test prefix gets internal topics of its own: two partitions each (the product's default is 12) keep
+# the shared broker's partition and open-file counts down. Bridge subprocesses inherit it.
+os.environ.setdefault("EPIC_BRIDGE_INTERNAL_TOPIC_PARTITIONS", "2")
+
 
 @dataclass(frozen=True)
 class Stack:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 from confluent_kafka import Consumer, KafkaError, Message
@@ -43,3 +44,19 @@ def read_topic(
     finally:
         consumer.close()
     return records
+
+
+class Owner:
+    """A group membership listener (bridge.kafka.membership) that notes whether it owns anything."""
+
+    def __init__(self) -> None:
+        self.owned = threading.Event()
+
+    def gained(self, connections: list[str]) -> None:
+        self.owned.set()
+
+    def revoked(self, connections: list[str]) -> None:
+        self.owned.clear()
+
+    def lost(self, connections: list[str]) -> None:
+        self.owned.clear()

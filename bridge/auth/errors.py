@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from bridge.errors import BridgeError
 
-class AuthError(Exception):
+
+class AuthError(BridgeError):
     """Base of every authentication failure."""
 
 

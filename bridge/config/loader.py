@@ -15,9 +15,10 @@ from pydantic import ValidationError
 
 from bridge.config.models import ConnectionConfig
 from bridge.config.secrets import find_inline_secrets
+from bridge.errors import BridgeError
 
 
-class ConfigError(Exception):
+class ConfigError(BridgeError):
     """One or more config problems; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: Sequence[str]) -> None:

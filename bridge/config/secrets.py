@@ -12,13 +12,15 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
+from bridge.errors import BridgeError
+
 INLINE_VALUE_HINT = (
     'inline secrets are not allowed; reference the secret instead: {"env": "VAR_NAME"} '
     'or {"file": "path/to/secret"}'
 )
 
 
-class SecretResolutionError(Exception):
+class SecretResolutionError(BridgeError):
     """A secret reference points at nothing usable (missing variable, unreadable file)."""
 
 

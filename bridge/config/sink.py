@@ -46,6 +46,13 @@ class SinkConfig(BaseModel):
         description="after a create failed without a clear answer (timeout, dropped connection, 5xx), wait "
         "this long before searching for it, so a request the server is still processing can land first",
     )
+    clock_skew_margin_s: float = Field(
+        default=2.0,
+        ge=0,
+        le=600,
+        description="how far the clocks of two bridge hosts may disagree; a process taking over a command "
+        "whose create may be in flight elsewhere waits this much longer (see the intent's `until`)",
+    )
     mark_creates: bool = Field(
         default=True,
         description="add an identifier naming the command to every created resource (system "

@@ -15,7 +15,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
@@ -28,6 +28,7 @@ from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.errors import (
     CrossOriginLinkError,
     FHIRInvalidRequest,
+    FHIRNotSent,
     FHIRProtocolError,
     error_from_response,
     issue_code,
@@ -242,14 +243,22 @@ class FHIRClient:
         body: dict[str, Any] | None = None,
         idempotent: bool = True,
         authenticated: bool = True,
+        not_after: float | None = None,
     ) -> httpx.Response:
-        """Send with rate limit, retries and auth; return a success response or raise a typed error."""
+        """Send with rate limit, retries and auth; return a success response or raise a typed error.
+
+        `not_after` (a time.monotonic() value): the request must not leave after it. It is checked as late
+        as the client can, once the budget let it through and the token is on it (FHIRNotSent)."""
         target = self.resolve(url)
         content = None
         if body is not None:
             content = json.dumps(body, separators=(",", ":")).encode()
         path = httpx.URL(target).path
         query = _query(params)
+
+        auth: httpx.Auth | None = self._auth if authenticated else None
+        if not_after is not None:
+            auth = _NotAfter(auth, not_after, f"{method} {path}")
 
         async def once() -> httpx.Response:
             await self._acquire()
@@ -259,7 +268,7 @@ class FHIRClient:
                 params=query,
                 content=content,
                 headers=self._headers(body is not None),
-                auth=self._auth if (authenticated and self._auth is not None) else httpx.USE_CLIENT_DEFAULT,
+                auth=auth if auth is not None else httpx.USE_CLIENT_DEFAULT,
             )
 
         started = time.monotonic()
@@ -359,12 +368,17 @@ class FHIRClient:
             for res in page.resources:
                 yield res
 
-    async def create(self, resource_type: str, resource: dict[str, Any]) -> CreateResult:
-        """POST a new resource. Not retried once it may have reached the server (no duplicates)."""
+    async def create(
+        self, resource_type: str, resource: dict[str, Any], *, not_after: float | None = None
+    ) -> CreateResult:
+        """POST a new resource. Not retried once it may have reached the server (no duplicates); not sent
+        at all after `not_after` (see send)."""
         _check_type(resource_type)
         if resource.get("resourceType") != resource_type:
             raise ValueError(f"resourceType must be {resource_type}")
-        response = await self.send("POST", resource_type, body=resource, idempotent=False)
+        response = await self.send(
+            "POST", resource_type, body=resource, idempotent=False, not_after=not_after
+        )
         location = response.headers.get("Location") or response.headers.get("Content-Location")
         body: dict[str, Any] | None = None
         if response.content.strip():
@@ -374,7 +388,45 @@ class FHIRClient:
         return CreateResult(resource_type, str(rid) if rid else None, location, response.status_code, body)
 
     async def operation(
-        self, url: str, parameters: dict[str, Any], *, idempotent: bool = False
+        self,
+        url: str,
+        parameters: dict[str, Any],
+        *,
+        idempotent: bool = False,
+        not_after: float | None = None,
     ) -> dict[str, Any]:
         """POST a FHIR operation (e.g. ``../STU3/Appointment/$find``), relative to the base or absolute."""
-        return self.json_of(await self.send("POST", url, body=parameters, idempotent=idempotent))
+        response = await self.send("POST", url, body=parameters, idempotent=idempotent, not_after=not_after)
+        return self.json_of(response)
+
+
+class _NotAfter(httpx.Auth):
+    """Wraps the request's auth flow: each request it yields for sending (with its token on, after a
+    refresh too) is refused once `not_after` has passed."""
+
+    requires_response_body = False
+
+    def __init__(self, inner: httpx.Auth | None, not_after: float, what: str) -> None:
+        self._inner = inner
+        self._not_after = not_after
+        self._what = what
+
+    def sync_auth_flow(self, request: httpx.Request):  # type: ignore[no-untyped-def]
+        raise RuntimeError("works with httpx.AsyncClient only")
+
+    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+        flow = self._inner.async_auth_flow(request) if self._inner is not None else _as_is(request)
+        outgoing = await flow.__anext__()
+        while True:
+            late = time.monotonic() - self._not_after
+            if late > 0:
+                raise FHIRNotSent(f"{self._what} not sent: its time had passed {late:.1f}s ago")
+            response = yield outgoing
+            try:
+                outgoing = await flow.asend(response)
+            except StopAsyncIteration:
+                return
+
+
+async def _as_is(request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
+    yield request

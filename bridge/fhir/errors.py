@@ -15,6 +15,7 @@ httpx exceptions never leave the client: they are translated here, at the bounda
     │   └── FHIRServerError         5xx (after retries)
     ├── FHIRProtocolError           (not FHIR JSON, wrong resource type, ...)
     ├── FHIRInvalidRequest          (refused before sending: a malformed type or id; also a ValueError)
+    ├── FHIRNotSent                 (refused before sending: its `not_after` time had passed)
     └── CrossOriginLinkError        (a link to another origin was refused)
 """
 
@@ -24,10 +25,12 @@ from typing import Any
 
 import httpx
 
+from bridge.errors import BridgeError
+
 EPIC_CODE_SYSTEM = "urn:oid:1.2.840.114350.1.13.0.1.7.2.657369"
 
 
-class FHIRError(Exception):
+class FHIRError(BridgeError):
     """Base of every FHIR client failure."""
 
 
@@ -49,6 +52,10 @@ class FHIRProtocolError(FHIRError):
 
 class FHIRInvalidRequest(FHIRError, ValueError):
     """Refused before sending: not a FHIR resource type or id (ids may come from commands)."""
+
+
+class FHIRNotSent(FHIRError):
+    """Refused before sending: the request was only to go out before a time (`not_after`), now past."""
 
 
 class CrossOriginLinkError(FHIRError):

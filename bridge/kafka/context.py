@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bridge.config.models import check_url
 from bridge.config.secrets import SecretRef
 from bridge.kafka.security import client_config, refuse_inline_secrets, registry_config
+from bridge.kafka.table import SCHEMA
 
 
 class KafkaSettings(BaseSettings):
@@ -56,11 +57,35 @@ class KafkaSettings(BaseSettings):
     )
     instance_id: str = Field(
         default_factory=socket.gethostname,
-        description="stable name of this bridge instance; part of every transactional.id, so a restarted "
-        "instance fences its predecessor. Give each replica its own.",
+        description="stable, unique name of this bridge process (default: the host name); part of its "
+        "transactional.id, so a restarted process aborts what its predecessor left open. Two processes on "
+        "one host need different ids.",
     )
     state_dir: Path = Field(default=Path(".bridge-state"), description="local caches of the internal topics")
     topic_replication_factor: int = Field(default=-1, description="-1: the broker's default")
+    internal_topic_partitions: int = Field(
+        default=12,
+        ge=1,
+        description="partitions of `_state`, `_offsets` and `_command-results` when the bridge creates them",
+    )
+    session_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="group session timeout: how long a silent (killed, paused, cut off) process keeps its "
+        "connections before the others take them over",
+    )
+    heartbeat_interval_s: float = Field(default=3.0, gt=0, description="group heartbeat interval")
+    transaction_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Kafka transaction timeout; a transaction is only open while a batch is committed",
+    )
+    handover_timeout_s: float = Field(
+        default=20.0,
+        gt=0,
+        description="how long a process handing connections over (rebalance, SIGTERM) waits for their "
+        "work to commit and stop",
+    )
     topic_min_insync_replicas: int | None = Field(
         default=None,
         ge=1,
@@ -105,15 +130,10 @@ class KafkaContext:
         self.registry = SchemaRegistryClient(registry_config(settings))
 
     def transactional_id(self, *parts: str) -> str:
-        """Per instance: for work split among instances by a consumer group (the sink), where the group
-        generation fences a zombie and each instance needs its own id."""
+        """Per process (`epic-bridge.<instance id>.<parts>`): work is spread among processes by the
+        consumer group, whose generation fences a zombie; a restart with the same instance id aborts what
+        its predecessor left open."""
         return ".".join(["epic-bridge", self.settings.instance_id, *parts])
 
-    @staticmethod
-    def task_transactional_id(*parts: str) -> str:
-        """The same on every instance: for work that one worker at a time may do (a poll task). A second
-        worker started anywhere with the same task fences the first, so it can never publish twice."""
-        return ".".join(["epic-bridge", *parts])
-
     def cache_path(self, name: str) -> Path:
-        return self.settings.state_dir / "kafka" / self.settings.instance_id / f"{name}.db"
+        return self.settings.state_dir / "kafka" / self.settings.instance_id / f"{name}.v{SCHEMA}.db"

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
-from bridge.kafka.errors import TopicConfigError, TopicCreationError
+from bridge.kafka.errors import TopicConfigError, TopicCreationError, translate
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,34 @@ def command_results_topic(prefix: str) -> str:
     return f"{prefix}._command-results"
 
 
+def tasks_topic(prefix: str, connection: str) -> str:
+    """The empty single-partition topic whose assignment in the group makes a process the connection's
+    owner (see bridge.kafka.membership)."""
+    return f"{prefix}._tasks.{connection}"
+
+
+def internal_topic_specs(
+    prefix: str,
+    partitions: int,
+    replication_factor: int = -1,
+    min_insync_replicas: int | None = None,
+    results_retention_ms: int | None = None,
+) -> list[TopicSpec]:
+    """`_state`, `_offsets` and `_command-results`. An existing topic keeps its partition count: nothing
+    assumes one (keys go to partitions by the producer's default partitioner). `_command-results` is
+    also deleted after `results_retention_ms` (the idempotency window) when given: it must not keep what
+    commands did forever (an existing compact-only topic is accepted, and warned about by the sink)."""
+    specs = [
+        TopicSpec.compacted(name, partitions, replication_factor, min_insync_replicas)
+        for name in (state_topic(prefix), offsets_topic(prefix), command_results_topic(prefix))
+    ]
+    if results_retention_ms is not None:
+        results = specs[2]
+        retention = {"cleanup.policy": "compact,delete", "retention.ms": str(results_retention_ms)}
+        specs[2] = TopicSpec(results.name, partitions, replication_factor, {**results.config, **retention})
+    return specs
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
@@ -89,7 +117,10 @@ def ensure_topics(admin: AdminClient, specs: Iterable[TopicSpec], timeout_s: flo
     wanted = {spec.name: spec for spec in specs}
     if not wanted:
         return []
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    try:
+        existing = set(admin.list_topics(timeout=timeout_s).topics)
+    except KafkaException as exc:
+        raise translate(exc, "listing topics") from exc
     missing = [spec for name, spec in wanted.items() if name not in existing]
     created: list[str] = []
     if missing:
@@ -119,7 +150,10 @@ def _await_visible(admin: AdminClient, names: list[str], timeout_s: float) -> No
     deadline = time.monotonic() + timeout_s
     waiting = set(names)
     while waiting:
-        topics = admin.list_topics(timeout=timeout_s).topics
+        try:
+            topics = admin.list_topics(timeout=timeout_s).topics
+        except KafkaException as exc:
+            raise translate(exc, "listing topics") from exc
         waiting = {
             n for n in waiting if n not in topics or topics[n].error is not None or not topics[n].partitions
         }
@@ -134,7 +168,10 @@ def _await_visible(admin: AdminClient, names: list[str], timeout_s: float) -> No
 def topic_config(admin: AdminClient, name: str, timeout_s: float = 30.0) -> dict[str, str]:
     """The effective configuration of one topic."""
     resource = ConfigResource(ResourceType.TOPIC, name)
-    entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result()
+    except KafkaException as exc:
+        raise translate(exc, f"reading the settings of {name}") from exc
     return {key: entry.value for key, entry in entries.items()}
 
 

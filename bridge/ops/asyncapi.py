@@ -190,7 +190,8 @@ CHANNELS: dict[str, ChannelInfo] = {
     ),
     "offsets_topic": ChannelInfo(
         "Poll cursors (internal)",
-        "Where each poll task resumes. Internal: written and read only by the bridge.",
+        "Where each poll task resumes, and which bridge process owns each connection since when (key "
+        '["<connection>","_owner"]). Internal: written and read only by the bridge.',
         _internal(
             "Cursor",
             "A poll task's cursor",
@@ -225,6 +226,15 @@ CHANNELS: dict[str, ChannelInfo] = {
         ),
         bridge_sends=True,
         bridge_receives=True,
+        compacted=True,
+    ),
+    "tasks_topic": ChannelInfo(
+        "Connection ownership (internal)",
+        "One empty, single-partition topic per connection. The bridge processes of a prefix form the "
+        "consumer group epic-bridge.<prefix> subscribed to these topics: the process assigned a "
+        "connection's partition runs that connection's work. No record is ever written; every transaction "
+        "of the connection commits an offset for it (fencing). Internal.",
+        dict,
         compacted=True,
     ),
 }

@@ -2,7 +2,8 @@
 
 For a downstream system that lost its data or joins late. It scans the resource exactly as the poller
 does (the same plan: only supported parameters, per patient on Epic) and publishes every resource found
-as an event with `snapshot: true` (trigger CREATED), in transactions of its own transactional.id. The
+as an event with `snapshot: true` (trigger CREATED), through a transaction helper (bridge.kafka.txn) of its
+own transactional.id. The
 fingerprints it records are the ones the poller would record, so the running poller does not announce
 the same content again. `--since` narrows the scan with `_lastUpdated` or `date` where the server
 supports them (otherwise everything is re-published).
@@ -27,7 +28,7 @@ from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import events_topic, offsets_topic, state_topic
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Committer
 from bridge.source.cursors import CursorStore
 from bridge.source.detect import Change
 from bridge.source.events import Trigger
@@ -110,10 +111,13 @@ async def backfill(
     run_id = uuid.uuid4().hex
     caps = await connection.fhir.capabilities()
     plan = plan_resource(cfg, caps, resource_type)
-    producer = TransactionalProducer(
-        kafka.config, kafka.task_transactional_id(cfg.topic_prefix, cfg.name, "backfill", plan.task)
+    committer = Committer(
+        kafka.config,
+        kafka.transactional_id(cfg.topic_prefix, "backfill", cfg.name, plan.task),
+        transaction_timeout_s=kafka.settings.transaction_timeout_s,
+        name="backfill committer",
     )
-    producer.init()
+    committer.start().result()
     with tempfile.TemporaryDirectory() as scratch:
         # Own caches: the running bridge's files stay untouched.
         state = CompactedTable(kafka.config, state_topic(cfg.topic_prefix), Path(scratch) / "state.db")
@@ -127,7 +131,7 @@ async def backfill(
                 load_schema(f"{plan.task}_event.avsc"),
             )
             publisher = BatchPublisher(
-                connection=cfg.name, producer=producer, codecs={resource_type: codec}, seen=seen,
+                connection=cfg.name, committer=committer, codecs={resource_type: codec}, seen=seen,
                 cursors=CursorStore(offsets),
             )  # fmt: skip
             events = 0
@@ -163,7 +167,7 @@ async def backfill(
                     progress.advance(events)
             await flush()
         finally:
-            producer.close()
+            committer.close()
             state.close()
             offsets.close()
     log.info("backfill %s of %s/%s: %d snapshot events", run_id, cfg.name, plan.task, events)

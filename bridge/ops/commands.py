@@ -86,7 +86,8 @@ def cmd_status(args: argparse.Namespace, settings: BridgeSettings) -> int:
     from rich.console import Console
 
     from bridge.config.loader import load_connections
-    from bridge.ops.status import read_cursors, render, scrape, statuses
+    from bridge.ops.owners import owners
+    from bridge.ops.status import read_cursors, render, render_owners, scrape, statuses
 
     configs = load_connections(settings.config_dir)
     if args.connection:
@@ -96,11 +97,15 @@ def cmd_status(args: argparse.Namespace, settings: BridgeSettings) -> int:
     url = args.metrics_url or f"http://{settings.http_host}:{settings.http_port}/metrics"
     metrics = scrape(url)
     kafka = _kafka(settings)
-    rows = []
+    rows, owned = [], []
     for prefix in sorted({cfg.topic_prefix for cfg in configs.values()}):
         names = [name for name, cfg in configs.items() if cfg.topic_prefix == prefix]
-        rows += statuses(read_cursors(kafka, prefix), metrics, names)
-    Console().print(render(rows, metrics, url))
+        cursors = read_cursors(kafka, prefix)
+        owned += owners(kafka, prefix, names, cursors)
+        rows += statuses(cursors, metrics, names)
+    console = Console()
+    console.print(render_owners(owned))
+    console.print(render(rows, metrics, url))
     return EXIT_OK
 
 
@@ -233,7 +238,10 @@ def add_ops_commands(sub: Any) -> None:
     c.add_argument("--timeout", type=float, default=60.0)
     c.set_defaults(func=cmd_send)
 
-    c = sub.add_parser("status", help="cursor, last poll, lag and errors of every poll task")
+    c = sub.add_parser(
+        "status",
+        help="who owns each connection since when; cursor, lag and errors of every poll task",
+    )
     c.add_argument("--connection", help="only this connection")
     c.add_argument("--metrics-url", help="the running bridge's /metrics (default: from EPIC_BRIDGE_HTTP_*)")
     c.set_defaults(func=cmd_status)

@@ -1,5 +1,6 @@
-"""`epic-bridge status`: where every poll task stands, from the `_offsets` topic and the running
-bridge's /metrics. Also the cursor reset."""
+"""`epic-bridge status`: which bridge process owns each connection and since when (bridge.ops.owners),
+and where every poll task stands, from the `_offsets` topic and a running bridge's /metrics. Also the
+cursor reset."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import offsets_topic
+from bridge.ops.owners import Owner
 from bridge.source.cursors import CursorStore, cursor_key
 
 
@@ -80,11 +82,12 @@ def statuses(
     cursors: dict[tuple[str, str], dict[str, Any]], metrics: Scrape, connections: Iterable[str]
 ) -> list[TaskStatus]:
     wanted = set(connections)
-    tasks = {key for key in cursors if key[0] in wanted and ":" not in key[1]}
+    # "<task>:patient:<id>" marks fold into their task; "_owner" records are not tasks
+    tasks = {key for key in cursors if key[0] in wanted and ":" not in key[1] and not key[1].startswith("_")}
     tasks |= {key for values in metrics.values.values() for key in values if key[0] in wanted}
     marks: dict[tuple[str, str], int] = defaultdict(int)
     for connection, task in cursors:
-        if ":" in task:
+        if ":" in task and not task.startswith("_"):
             marks[(connection, task.split(":", 1)[0])] += 1
     found = []
     for connection, task in sorted(tasks):
@@ -138,6 +141,25 @@ def render(rows: list[TaskStatus], metrics: Scrape, metrics_url: str) -> Any:
         )
     if not metrics.reachable:
         table.caption = f"no running bridge answered at {metrics_url}: cursors only"
+    return table
+
+
+def render_owners(rows: list[Owner]) -> Any:
+    from rich.table import Table
+
+    table = Table(title="owners")
+    for column in ("connection", "group", "owner", "host", "since", "last known owner"):
+        table.add_column(column)
+    for row in rows:
+        last = row.last_known or {}
+        table.add_row(
+            row.connection,
+            row.group,
+            row.instance or "nobody (no bridge of this group runs it)",
+            row.host or "-",
+            row.since or "-",
+            "-" if not last else f"{last.get('instance')} since {last.get('since')}",
+        )
     return table
 
 

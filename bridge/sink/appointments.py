@@ -142,7 +142,7 @@ async def book(
         parameters = request.book_parameters(str(slot["id"]))
 
         async def book_slot(parameters: dict[str, Any] = parameters) -> dict[str, Any]:
-            return _booked(await fhir.operation(BOOK_URL, parameters))
+            return _booked(await fhir.operation(BOOK_URL, parameters, not_after=calls.not_after))
 
         try:
             return await calls.call(book_slot, creating=True, what="$book")

@@ -41,6 +41,7 @@ class Backoff:
 @dataclass
 class CommandCalls:
     deadline: float  # time.monotonic() value
+    not_after: float | None = None  # no create request leaves after this time.monotonic() value
     backoff: Backoff = field(default_factory=Backoff)
     rng: random.Random = field(default_factory=random.Random)
     sleep: Sleep = asyncio.sleep

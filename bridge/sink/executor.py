@@ -92,13 +92,16 @@ class FHIRExecutor:
         )
 
     # -- entry point -------------------------------------------------------------------------------
-    async def execute(self, command: Command, *, recovering: bool) -> Outcome:
+    async def execute(self, command: Command, *, recovering: bool, not_after: float | None = None) -> Outcome:
+        """`not_after` (a time.monotonic() value): no create request leaves after it (the promise of the
+        command's intent, see bridge.sink.ledger)."""
         try:
             self._check_command(command)
         except Rejected as exc:
             return Outcome(Status.REJECTED, error=ErrorInfo(str(exc)))
         calls = CommandCalls(
-            deadline=self._clock() + self._deadline_s(command),
+            deadline=self._clock() + self.deadline_s(command),
+            not_after=not_after,
             backoff=Backoff(self._sink.retry_base_delay_s, self._sink.retry_max_delay_s),
             rng=self._rng,
             sleep=self._sleep,
@@ -125,7 +128,7 @@ class FHIRExecutor:
         )
         return outcome
 
-    def _deadline_s(self, command: Command) -> float:
+    def deadline_s(self, command: Command) -> float:
         if command.deadline_ms is None:
             return self._sink.command_deadline_s
         return min(command.deadline_ms / 1000, 3600.0)
@@ -356,7 +359,9 @@ class FHIRExecutor:
         while True:
             try:
                 result = await calls.call(
-                    lambda: self._fhir.create(rtype, resource), creating=True, what="create"
+                    lambda: self._fhir.create(rtype, resource, not_after=calls.not_after),
+                    creating=True,
+                    what="create",
                 )
             except AmbiguousCreate as unsure:
                 log.warning(

@@ -16,6 +16,7 @@ from bridge.auth.errors import AuthError, InvalidClientError, InvalidGrantError,
 from bridge.fhir.errors import (
     FHIRError,
     FHIRHTTPError,
+    FHIRNotSent,
     FHIRProtocolError,
     FHIRTransportError,
     FHIRUnauthorized,
@@ -69,6 +70,8 @@ def classify(exc: BaseException, *, creating: bool = False) -> Failure | None:
         # Not FHIR where FHIR was promised (HTML, XML, a Bundle for a read): asking again gets the same
         # answer. After a create, though, the server may have created it: the caller searches first.
         return Failure(ErrorInfo(str(exc), retriable=creating), retriable=creating, ambiguous=creating)
+    if isinstance(exc, FHIRNotSent):  # the create's promised time was up: it was not sent, nothing happened
+        return Failure(ErrorInfo(str(exc), retriable=True), retriable=False, ambiguous=False)
     if isinstance(exc, FHIRError):  # e.g. a link to another origin: retrying cannot help
         return Failure(ErrorInfo(str(exc)), retriable=False, ambiguous=False)
     if isinstance(exc, TokenEndpointError):

@@ -1,11 +1,19 @@
 """The idempotency ledger: what became of every command id, in the `_command-results` topic.
 
 Two kinds of entries per command id:
-* an *intent*, committed before a command that may create anything calls Epic;
-* the *result*, committed together with the result record and the consumed offsets.
+* an *intent*, committed right before a command that may create anything runs. It records when (`at`) and
+  until when (`until`) its owner may send that create: the owner checks its own clock right before each
+  create request and never sends one later (see bridge.fhir.client `not_after`);
+* the *result*, committed together with the result record and the consumed offsets. It records which
+  record it answered (`source`: topic, partition, offset), so a record read again after a handover is
+  recognised and not answered twice, while the same command id re-sent later gets its result replayed.
 An intent without a result means the bridge stopped between asking Epic to create and recording what
 happened: the one window no Kafka transaction can close. Whoever handles the command next is told so
-(`recovering`) and searches by the resource's identifiers before creating again.
+(`recovering`), waits until the previous owner can no longer send the create (`until`, plus a settle time
+and a clock-skew margin), and searches before creating again.
+
+The ledger of a prefix is one table per process (bridge.kafka.internal), shared by its connections; its
+entries are records of the transactions of bridge.kafka.txn.
 
 What is kept is what idempotency needs, not patient data: the result's status, effect, ids, error, attempts
 and times, and a SHA-256 digest of the resources it carried — never the resources themselves (the topic
@@ -29,8 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.kafka.table import CompactedTable, Write
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.table import CompactedTable
+from bridge.kafka.txn import Record
 
 DAY_MS = 86_400_000
 PRUNE_EVERY_S = 3600.0
@@ -41,6 +49,8 @@ MARKER_KEY = "marker-kept"
 class Entry:
     intent: bool
     result: dict[str, Any] | None  # set once the command has its result, ready to be replayed
+    until_ms: int | None = None  # an intent: its owner sends no create after this (wall clock, ms)
+    source: tuple[str, int, int] | None = None  # a result: the record it answered
 
 
 def ledger_key(connection: str, command_id: str) -> bytes:
@@ -112,20 +122,27 @@ class CommandLedger:
             value = json.loads(raw)
             if value.get("state") == "done" and _at(value) < oldest:
                 continue  # past the idempotency window (an intent is always honoured: it may mean a create)
-            result = value.get("result")
+            result, source = value.get("result"), value.get("source")
             found[keys[key]] = Entry(
-                intent=value.get("state") == "intent", result=None if result is None else replayable(result)
+                intent=value.get("state") == "intent",
+                result=None if result is None else replayable(result),
+                until_ms=value.get("until"),
+                source=None if source is None else (str(source[0]), int(source[1]), int(source[2])),
             )
         return found
 
-    def stage_intent(self, producer: TransactionalProducer, command_id: str, at_ms: int) -> Write:
-        return self._stage(
-            producer, ledger_key(self.connection, command_id), {"state": "intent", "at": at_ms}
-        )
+    def intent(self, command_id: str, at_ms: int, until_ms: int) -> Record:
+        value = {"state": "intent", "at": at_ms, "until": until_ms}
+        return self._record(ledger_key(self.connection, command_id), value)
 
-    def stage_result(self, producer: TransactionalProducer, command_id: str, result: dict[str, Any]) -> Write:
-        value = {"state": "done", "at": self._clock_ms(), "result": kept_result(result)}
-        return self._stage(producer, ledger_key(self.connection, command_id), value)
+    def result(self, command_id: str, result: dict[str, Any], source: tuple[str, int, int]) -> Record:
+        value = {
+            "state": "done",
+            "at": self._clock_ms(),
+            "result": kept_result(result),
+            "source": list(source),
+        }
+        return self._record(ledger_key(self.connection, command_id), value)
 
     # -- whether the server keeps the marker identifier ---------------------------------------------
     def marker_kept(self, resource_type: str) -> bool | None:
@@ -140,15 +157,14 @@ class CommandLedger:
             for key, raw in self._table.scan_prefix(prefix)
         }
 
-    def stage_marker(self, producer: TransactionalProducer, resource_type: str, kept: bool) -> Write:
+    def marker(self, resource_type: str, kept: bool) -> Record:
         value = {"state": "marker", "kept": kept, "at": self._clock_ms()}
-        return self._stage(producer, _marker_key(self.connection, resource_type), value)
+        return self._record(_marker_key(self.connection, resource_type), value)
 
     # -- plumbing ----------------------------------------------------------------------------------
-    def _stage(self, producer: TransactionalProducer, key: bytes, value: dict[str, Any]) -> Write:
+    def _record(self, key: bytes, value: dict[str, Any]) -> Record:
         raw = json.dumps(value, separators=(",", ":")).encode()
-        producer.produce(self._table.topic, raw, key=key)
-        return key, raw
+        return Record(self._table.topic, key, raw, table=self._table)
 
     def _prune_now_and_then(self) -> None:
         if time.monotonic() - self._pruned_at >= PRUNE_EVERY_S:
@@ -160,21 +176,13 @@ class CommandLedger:
         removes them from Kafka). Returns how many were dropped."""
         oldest = self._clock_ms() - self._window_ms
         prefix = json.dumps([self.connection], separators=(",", ":"))[:-1].encode() + b","
-        expired: list[Write] = []
+        expired: list[bytes] = []
         for key, raw in self._table.scan_prefix(prefix):
             value = json.loads(raw)
             if value.get("state") == "done" and _at(value) < oldest:
-                expired.append((key, None))
-        if expired:
-            self._table.apply(expired)
+                expired.append(key)
+        self._table.forget(expired)
         return len(expired)
-
-    def catch_up(self) -> None:
-        """Read what others recorded since this instance last read the ledger topic."""
-        self._table.catch_up()
-
-    def apply(self, writes: Iterable[Write]) -> None:
-        self._table.apply(writes)
 
     def count(self) -> int:
         return len(self._table)

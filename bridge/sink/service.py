@@ -1,8 +1,12 @@
-"""The sink side of one connection, as the runtime (`epic-bridge run`) starts it.
+"""The sink side of one connection, as the engine (bridge.engine) runs it.
 
-`run_sink` creates the topics it needs, builds its Kafka clients from the framework's `KafkaContext`,
-catches the idempotency ledger up, and runs the command loop for every resource that has actions
-enabled, until `stop` is set.
+* `SinkService.prepare` (blocking, once per process): create the command, results and dead-letter topics.
+* `SinkService.run` (while this process owns the connection, after the handover settled and the ledger
+  caught up): open the connection's command route of the process's partition feed, from the offsets the
+  group committed, and run the command loop until stopped. A restart (after a failure) opens the route
+  again, so a batch that was not committed is read again, never skipped.
+The Kafka clients are the engine's: the feed's consumer, the transaction helper's producer, the shared
+ledger table.
 """
 
 from __future__ import annotations
@@ -10,18 +14,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.fhir.budget import Priority
+from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.context import KafkaContext
-from bridge.kafka.errors import TopicConfigError
-from bridge.kafka.table import CompactedTable
+from bridge.kafka.errors import KafkaGlueError, TopicConfigError
+from bridge.kafka.feed import PartitionFeed
+from bridge.kafka.internal import InternalTables
+from bridge.kafka.registry import register_owned_avro
 from bridge.kafka.topics import (
     TopicSpec,
     command_results_topic,
@@ -31,20 +38,20 @@ from bridge.kafka.topics import (
     results_topic,
     topic_config,
 )
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Committer
 from bridge.logs import log_context
 from bridge.metrics import Metrics
 from bridge.retry import RetryPolicy
 from bridge.sink.decode import DeadLetter
 from bridge.sink.executor import FHIRExecutor
-from bridge.sink.ledger import DAY_MS, CommandLedger
+from bridge.sink.ledger import CommandLedger
 from bridge.sink.model import Command
 from bridge.sink.worker import SinkSettings, SinkWorker
 
 log = logging.getLogger(__name__)
 
 COMMAND_PARTITIONS = 3
-MAX_POLL_INTERVAL_MS = 1_800_000  # a batch may wait out several command deadlines
+PROMISE_GRACE_S = 1.0  # a create's intent promises no create after its deadline plus this
 
 
 @dataclass(frozen=True)
@@ -68,25 +75,13 @@ class SinkTopics:
             command_results_topic(prefix),
         )
 
-    def specs(
-        self, replication_factor: int, min_insync_replicas: int | None = None, window_days: float = 7.0
-    ) -> list[TopicSpec]:
+    def specs(self, replication_factor: int) -> list[TopicSpec]:
+        """The connection's own topics (the ledger is an internal topic of the prefix)."""
         return [
             *(TopicSpec(t, COMMAND_PARTITIONS, replication_factor) for t in self.commands),
             TopicSpec(self.results, COMMAND_PARTITIONS, replication_factor),
             TopicSpec(self.dlq, 1, replication_factor),
-            ledger_spec(self.ledger, replication_factor, window_days, min_insync_replicas),
         ]
-
-
-def ledger_spec(
-    topic: str, replication_factor: int, window_days: float, min_insync_replicas: int | None = None
-) -> TopicSpec:
-    """Compacted (the latest entry per command id) and deleted after the idempotency window: the ledger
-    must not keep what commands did forever. An existing topic is checked by check_ledger_topic."""
-    spec = TopicSpec.compacted(topic, 1, replication_factor, min_insync_replicas)
-    retention = {"cleanup.policy": "compact,delete", "retention.ms": str(int(window_days * DAY_MS))}
-    return replace(spec, config={**spec.config, **retention}, required={})
 
 
 def check_ledger_topic(admin: AdminClient, topic: str) -> None:
@@ -112,15 +107,11 @@ def topic_limit(kafka: KafkaContext) -> Callable[[str], int | None]:
     def limit(topic: str) -> int | None:
         try:
             return int(topic_config(kafka.admin, topic, timeout_s=10).get("max.message.bytes") or 0) or None
-        except (KafkaException, ValueError) as exc:  # an ACL, a slow broker: fall back, do not stop
+        except (KafkaException, KafkaGlueError, ValueError) as exc:  # an ACL, a slow broker: fall back
             log.warning("max.message.bytes of %s unknown (%s); using the producer's limit", topic, exc)
             return None
 
     return limit
-
-
-def consumer_group(config: ConnectionConfig) -> str:
-    return f"epic-bridge.{config.topic_prefix}.{config.name}.sink"
 
 
 def metrics_recorder(
@@ -165,86 +156,128 @@ def lag_recorder(metrics: Metrics, connection: str) -> Callable[[dict[str, int]]
     return record
 
 
-async def run_sink(
-    connection: Connection,
-    config: ConnectionConfig,
-    kafka: KafkaContext,
-    stop: asyncio.Event,
-    metrics: Metrics | None = None,
-) -> None:
-    topics = SinkTopics.of(config)
-    if not topics.commands:
-        log.info("connection %s: no resource has actions enabled; the sink does not run", config.name)
-        return
-    specs = topics.specs(
-        kafka.settings.topic_replication_factor,
-        kafka.settings.topic_min_insync_replicas,
-        kafka.settings.idempotency_window_days,
-    )
-    await asyncio.to_thread(ensure_topics, kafka.admin, specs)
-    await asyncio.to_thread(check_ledger_topic, kafka.admin, topics.ledger)
-    producer = TransactionalProducer(kafka.config, kafka.transactional_id(config.name, "sink"))
-    table = CompactedTable(kafka.config, topics.ledger, kafka.cache_path(f"{config.name}.command-results"))
-    consumer: Consumer | None = None
-    try:
-        await asyncio.to_thread(producer.init)  # fences a predecessor and aborts its open transaction
-        await asyncio.to_thread(table.catch_up)
-        consumer = Consumer(
-            {
-                **kafka.config,
-                "group.id": consumer_group(config),
-                # Static membership: a restarted instance takes its partitions back at once instead of
-                # waiting for the old member's session to time out.
-                "group.instance.id": f"{kafka.settings.instance_id}.{config.name}.sink",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-                "max.poll.interval.ms": MAX_POLL_INTERVAL_MS,
-            }
-        )
-        sink = config.sink
-        ledger = CommandLedger(table, config.name, window_days=kafka.settings.idempotency_window_days)
+class SinkService:
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        kafka: KafkaContext,
+        tables: InternalTables,
+        committer: Committer,
+        feed: PartitionFeed,
+        metrics: Metrics | None,
+    ) -> None:
+        self.config = config
+        self.topics = SinkTopics.of(config)
+        self._kafka = kafka
+        window = kafka.settings.idempotency_window_days
+        self._ledger = CommandLedger(tables.results, config.name, window_days=window)
+        self._committer = committer
+        self._feed = feed
+        self._metrics = metrics
+        self._known: dict[str, tuple[TopicCodec | None, int | None]] = {}
+
+    def _look_up(self) -> None:
+        """Blocking: the result schema registered for the results topic, and the size limits of the topics
+        every batch writes, so the command loop does not ask Kafka or the registry on the event loop."""
+        limit = topic_limit(self._kafka)
+        results = self.topics.results
+        codec: TopicCodec | None = None
+        try:
+            schema = load_schema("command_result.avsc")
+            codec = TopicCodec(self._kafka.registry, results, schema, register=register_owned_avro)
+        except Exception as exc:  # noqa: BLE001 - the command loop meets it again, per batch, and answers it
+            log.warning(
+                "%s: the result schema of %s is not registered yet: %s", self.config.name, results, exc
+            )
+        self._known = {
+            results: (codec, limit(results)),
+            self.topics.dlq: (None, limit(self.topics.dlq)),
+            self.topics.ledger: (None, limit(self.topics.ledger)),
+        }
+
+    @classmethod
+    def prepare(
+        cls,
+        config: ConnectionConfig,
+        kafka: KafkaContext,
+        tables: InternalTables,
+        committer: Committer,
+        feed: PartitionFeed,
+        metrics: Metrics | None = None,
+    ) -> SinkService | None:
+        """Blocking: the connection's sink topics. None when no resource has actions enabled."""
+        topics = SinkTopics.of(config)
+        if not topics.commands:
+            return None
+        created = ensure_topics(kafka.admin, topics.specs(kafka.settings.topic_replication_factor))
+        if created:
+            log.info("%s: created topics %s", config.name, ", ".join(created))
+        check_ledger_topic(kafka.admin, topics.ledger)
+        service = cls(config, kafka, tables, committer, feed, metrics)
+        service._look_up()
+        return service
+
+    async def run(self, connection: Connection, stop: asyncio.Event) -> None:
+        """The command loop, on a route opened for this run (closed when it ends)."""
+        config, metrics = self.config, self._metrics
+        ledger = self._ledger
         if metrics is not None:
             for resource_type, kept in ledger.markers().items():
                 marker_recorder(metrics, config.name)(resource_type, kept)
-        worker = SinkWorker(
-            SinkSettings(
-                config.name,
-                topics.commands,
-                topics.results,
-                topics.dlq,
-                max_batch=sink.max_batch,
-                max_command_bytes=sink.max_command_bytes,
-                concurrency=sink.concurrency,
-                topic_prefix=config.topic_prefix,
-                reply_topics=sink.reply_topics,
-                max_message_bytes=int(kafka.config.get("message.max.bytes", 1_000_000)),
-            ),
-            consumer=consumer,
-            producer=producer,
-            ledger=ledger,
-            registry=kafka.registry,
-            # Same pool, token manager and request budget as the connection (commands go first in it);
-            # retries are the executor's (it knows each command's deadline and never repeats a create).
-            executor=FHIRExecutor(
+        route = await self._feed.open(config.name, "commands", self.topics.commands)
+        try:
+            executor = FHIRExecutor(
+                # Same pool, token manager and request budget as the connection (commands go first in
+                # it); retries are the executor's (it knows each command's deadline, never repeats a create).
                 connection.fhir_client(priority=Priority.INTERACTIVE, retry=RetryPolicy(max_attempts=1)),
                 config,
                 capabilities=connection.fhir.capabilities,
                 on_partial=None if metrics is None else partial_recorder(metrics, config.name),
                 marker_kept=ledger.marker_kept,
                 on_marker=None if metrics is None else marker_recorder(metrics, config.name),
-            ),
-            on_result=None if metrics is None else metrics_recorder(metrics, config.name),
-            on_lag=None if metrics is None else lag_recorder(metrics, config.name),
-            topic_limit=topic_limit(kafka),
-        )
-        with log_context(connection=config.name, task="sink"):
-            log.info(
-                "connection %s: sink running for %s", config.name, ", ".join(sorted(topics.commands.values()))
             )
-            await worker.run(stop)
-    finally:
-        if consumer is not None:
-            await asyncio.to_thread(consumer.close)
-        await asyncio.to_thread(producer.close)
-        table.close()
+            sink = config.sink
+            worker = SinkWorker(
+                SinkSettings(
+                    config.name,
+                    self.topics.commands,
+                    self.topics.results,
+                    self.topics.dlq,
+                    max_batch=sink.max_batch,
+                    max_command_bytes=sink.max_command_bytes,
+                    concurrency=sink.concurrency,
+                    deadline_s=executor.deadline_s,
+                    promise_grace_s=PROMISE_GRACE_S,
+                    settle_s=sink.ambiguous_settle_s,
+                    clock_skew_margin_s=sink.clock_skew_margin_s,
+                    topic_prefix=config.topic_prefix,
+                    reply_topics=sink.reply_topics,
+                    max_message_bytes=int(self._kafka.config.get("message.max.bytes", 1_000_000)),
+                ),
+                route=route,
+                committer=self._committer,
+                ledger=ledger,
+                registry=self._kafka.registry,
+                executor=executor,
+                topic_exists=self._topic_exists,
+                on_result=None if metrics is None else metrics_recorder(metrics, config.name),
+                on_lag=None if metrics is None else lag_recorder(metrics, config.name),
+                topic_limit=topic_limit(self._kafka),
+                known=self._known,
+            )
+            with log_context(connection=config.name, task="sink"):
+                log.info(
+                    "connection %s: sink running for %s",
+                    config.name,
+                    ", ".join(sorted(self.topics.commands.values())),
+                )
+                await worker.run(stop)
+        finally:
+            await self._feed.close(config.name, "commands")
+
+    def _topic_exists(self, topic: str) -> bool:
+        try:
+            metadata = self._kafka.admin.list_topics(topic, timeout=10).topics.get(topic)
+        except KafkaException:
+            return False
+        return metadata is not None and metadata.error is None and bool(metadata.partitions)

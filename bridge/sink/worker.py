@@ -1,14 +1,19 @@
-"""The command loop: consume a batch, execute it, publish one result per command, commit.
+"""The command loop of one connection: take a batch, execute it, publish one result per command, commit.
 
-Per batch:
+Records come from the connection's route of the process's partition feed (bridge.kafka.feed), which
+reads them from the offsets its group committed; everything is committed through the process's
+transaction helper (bridge.kafka.txn), fenced by the connection's ownership. Per batch:
 1. decode every record (undecodable ones are dead-lettered) and look the command ids up in the ledger:
-   a command that already has a result is answered from it without calling Epic;
-2. commit an *intent* for every command that may create something, before calling Epic;
-3. execute the rest concurrently, one task per record key (commands with the same key stay in order),
-   at most `concurrency` at once;
-4. in one transaction: the results, the dead letters, the ledger results and the consumed offsets.
-If that transaction cannot commit, the batch is read again; the ledger's intents make the second pass
-search before it creates, so a create is not repeated.
+   a command that already has a result is answered from it without calling Epic, and a record whose
+   result is already committed (read again after a handover) gets no second one;
+2. execute the rest concurrently, one task per record key (commands with the same key stay in order),
+   at most `concurrency` at once. Right before a command that may create anything runs, its *intent* is
+   committed with a promise: this owner sends no create for it after `until`. A command whose previous
+   owner may still be sending its create (an intent without a result) first waits out that promise;
+3. one unit: the results, the dead letters, the ledger results and the consumed offsets.
+If that unit cannot commit for a reason that may pass, the same batch is processed again after a pause (the
+ledger's intents make the second pass search before it creates, so a create is not repeated); if the
+connection was handed over meanwhile, the batch is dropped and its next owner reads it again.
 """
 
 from __future__ import annotations
@@ -16,41 +21,47 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from confluent_kafka import Message, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.kafka.avro import TopicCodec, load_schema
+from bridge.kafka.errors import KafkaGlueError, NotOwnedError, OwnershipRefusedError, ProducerFencedError
+from bridge.kafka.feed import Route
 from bridge.kafka.registry import (
     ForeignSubjectError,
     IncompatibleSchemaError,
     is_transient,
     register_owned_avro,
 )
-from bridge.kafka.table import Write
-from bridge.kafka.transactions import TransactionAbortedError, TransactionalProducer
+from bridge.kafka.txn import Committer, Record, Unit
 from bridge.sink.decode import DeadLetter, DeadLetterReason, RegistryUnavailable, decode_command, precheck
 from bridge.sink.dlq import dead_letter_headers
 from bridge.sink.fit import fit_result
 from bridge.sink.ledger import CommandLedger, Entry
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
 from bridge.sink.replies import ReplyPolicy
+from bridge.supervise import wait_or_stop
 
 log = logging.getLogger(__name__)
 
 
 class CommandExecutor(Protocol):
-    async def execute(self, command: Command, *, recovering: bool) -> Outcome:
+    async def execute(self, command: Command, *, recovering: bool, not_after: float | None = None) -> Outcome:
         """Run one command against the server. `recovering`: an earlier attempt may have created the
-        resource already (an intent without a result), so look for it before creating."""
+        resource already (an intent without a result), so look for it before creating. `not_after` (a
+        time.monotonic() value): send no create after it (the promise made in the command's intent)."""
         ...
+
+
+class Abandoned(Exception):
+    """The batch cannot be finished here (the connection was handed over, or the process stops)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +75,10 @@ class SinkSettings:
     concurrency: int = 8
     poll_timeout_s: float = 0.5
     retry_pause_s: float = 1.0
+    deadline_s: Callable[[Command], float] = lambda _command: 60.0  # the executor's deadline of a command
+    promise_grace_s: float = 1.0  # added to a create's deadline in its intent's `until`
+    settle_s: float = 1.0  # after a previous owner's `until`: let a request still in flight land
+    clock_skew_margin_s: float = 2.0
     topic_prefix: str | None = None
     reply_topics: tuple[str, ...] = ()  # sink.reply_topics: names or glob patterns
     max_message_bytes: int = 1_000_000  # the producer's message.max.bytes
@@ -79,6 +94,8 @@ class _Item:
     outcome: Outcome | None = None
     replay: dict[str, Any] | None = None
     recovering: bool = False
+    previous_until_ms: int | None = None  # recovering: the previous owner's promise
+    answered: bool = False  # read again: its result is already committed
     duplicate_of: int | None = None  # index of the earlier record with the same command id
     received_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
@@ -88,21 +105,25 @@ class SinkWorker:
         self,
         settings: SinkSettings,
         *,
-        consumer: Consumer,
-        producer: TransactionalProducer,
+        route: Route,
+        committer: Committer,
         ledger: CommandLedger,
         registry: SchemaRegistryClient,
         executor: CommandExecutor,
+        topic_exists: Callable[[str], bool],
         on_result: Callable[[Command | None, dict[str, Any] | None, DeadLetter | None], None] | None = None,
         on_lag: Callable[[dict[str, int]], None] | None = None,
         topic_limit: Callable[[str], int | None] | None = None,
+        known: Mapping[str, tuple[TopicCodec | None, int | None]] | None = None,
     ) -> None:
+        """`known`: codecs and max.message.bytes of topics looked up beforehand (off the event loop)."""
         self.settings = settings
-        self._consumer = consumer
-        self._producer = producer
+        self._route = route
+        self._committer = committer
         self._ledger = ledger
         self._registry = registry
         self._executor = executor
+        self._topic_exists_now = topic_exists
         self._deserializer = AvroDeserializer(registry)
         self._result_schema = load_schema("command_result.avsc")
         self._codecs: dict[str, TopicCodec] = {}
@@ -111,91 +132,56 @@ class SinkWorker:
         self._on_result = on_result
         self._on_lag = on_lag
         self._lag_reported = 0.0
-        self._reassigned = False  # partitions moved: catch the ledger up before the next batch
         self._topic_limit = topic_limit  # a topic's max.message.bytes, None when unknown
         self._limits: dict[str, int] = {}
-        self._failed_batches = 0  # in a row: the pause before reading a batch again grows with it
+        for topic, (codec, limit) in (known or {}).items():
+            if codec is not None:
+                self._codecs[topic] = codec
+            self._limits[topic] = min(limit or settings.max_message_bytes, settings.max_message_bytes)
+        self._stop = asyncio.Event()
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        self._consumer.subscribe(list(self.settings.command_topics), on_assign=self._on_assign)
+        self._stop = stop
         while not stop.is_set():
-            messages = await asyncio.to_thread(self._fetch)
-            batch = [m for m in messages if m.error() is None]
-            for m in messages:
-                if m.error() is not None:
-                    log.warning("consumer error: %s", m.error())
+            batch = await self._route.take(self.settings.max_batch, self.settings.poll_timeout_s)
             if batch:
                 await self.handle(batch)
             self._report_lag()
 
     def _report_lag(self, every_s: float = 5.0) -> None:
-        """Records not yet consumed, per command topic (from the watermarks the last fetches brought)."""
+        """Records not yet answered, per command topic (the feed refreshes the figures)."""
         now = time.monotonic()
         if self._on_lag is None or now - self._lag_reported < every_s:
             return
         self._lag_reported = now
-        lag: dict[str, int] = dict.fromkeys(self.settings.command_topics, 0)
-        try:
-            assigned = self._consumer.assignment()
-            for position in self._consumer.position(assigned):
-                _low, high = self._consumer.get_watermark_offsets(position, cached=True)
-                if position.offset >= 0 and high >= 0:
-                    lag[position.topic] = lag.get(position.topic, 0) + max(0, high - position.offset)
-        except KafkaException as exc:
-            log.debug("no lag figures this time: %s", exc)
-            return
-        self._on_lag(lag)
-
-    def _fetch(self) -> list[Message]:
-        """Wait for one record, then take what else is already there (up to a batch): a lone command is
-        not held back waiting for a full batch."""
-        first = self._consumer.poll(self.settings.poll_timeout_s)
-        if first is None:
-            return []
-        if self.settings.max_batch == 1:
-            return [first]
-        return [first, *self._consumer.consume(self.settings.max_batch - 1, 0)]
+        self._on_lag(dict(self._route.lag))
 
     async def handle(self, batch: list[Message]) -> None:
-        """Process one batch; on a transient failure, rewind so the batch is read again."""
-        try:
-            await self._process(batch)
-        except (TransactionAbortedError, RegistryUnavailable, KafkaException) as exc:
-            self._failed_batches += 1
-            pause = self._retry_pause()
-            log.warning(
-                "batch of %d commands will be read again in %.1fs (failure %d in a row): %s",
-                len(batch),
-                pause,
-                self._failed_batches,
-                exc,
-            )
-            self._rewind(batch)
-            await asyncio.sleep(pause)
-        else:
-            self._failed_batches = 0
-
-    def _retry_pause(self) -> float:
-        """Full-jitter backoff from retry_pause_s up to max_retry_pause_s, by failures in a row."""
-        ceiling = min(
-            self.settings.max_retry_pause_s, self.settings.retry_pause_s * 2 ** (self._failed_batches - 1)
-        )
-        return max(self.settings.retry_pause_s / 2, random.uniform(0, ceiling))
+        """Process one batch until it is committed; after a failure that may pass, the same batch again."""
+        pause = self.settings.retry_pause_s
+        while True:
+            try:
+                await self._process(batch)
+                return
+            except Abandoned:
+                return
+            except (NotOwnedError, OwnershipRefusedError, ProducerFencedError) as exc:
+                # Never go on past a batch that is not committed: this run ends, and whoever runs the
+                # connection next (a restart here, or its next owner) reads it again.
+                log.info("batch of %d commands not committed (%s); reading it again", len(batch), exc)
+                raise
+            except (KafkaGlueError, RegistryUnavailable) as exc:
+                if self._stop.is_set():
+                    return
+                log.warning("batch of %d commands is processed again in %.0fs: %s", len(batch), pause, exc)
+                await wait_or_stop(self._stop, pause)
+                pause = min(pause * 2, self.settings.max_retry_pause_s)
 
     # -- one batch ---------------------------------------------------------------------------------
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Runs inside consume(): only note it. Another instance may have recorded intents and results
-        # for these partitions' commands since this instance last read the ledger.
-        self._reassigned = True
-
     async def _process(self, batch: list[Message]) -> None:
-        if self._reassigned:
-            self._reassigned = False
-            await asyncio.to_thread(self._ledger.catch_up)
         items = [self._decode(m) for m in batch]
         self._plan(items)
-        await self._commit_intents([i for i in items if self._needs_intent(i)])
         await self._execute([i for i in items if self._runs(i)])
         await self._publish(items, batch)
 
@@ -237,9 +223,13 @@ class SinkWorker:
             first_index[command.command_id] = index
             entry = entries.get(command.command_id)
             if entry is not None and entry.result is not None:
-                item.replay = entry.result
+                if entry.source == (item.source.topic, item.source.partition, item.source.offset):
+                    item.answered = True  # this very record was answered before a handover
+                else:
+                    item.replay = entry.result
                 continue
             item.recovering = entry is not None and entry.intent
+            item.previous_until_ms = entry.until_ms if entry is not None and entry.intent else None
             checked = precheck(command)
             if isinstance(checked, Outcome):
                 item.outcome = checked
@@ -255,31 +245,35 @@ class SinkWorker:
             and item.outcome is None
             and item.replay is None
             and item.duplicate_of is None
+            and not item.answered
         )
 
-    def _needs_intent(self, item: _Item) -> bool:
-        return (
-            self._runs(item)
-            and item.command is not None
-            and item.command.action.may_create
-            and not item.recovering
-        )
-
-    async def _commit_intents(self, items: list[_Item]) -> None:
-        if not items:
-            return
-        now_ms = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-        writes: list[Write] = []
-        self._producer.begin()
-        try:
-            for item in items:
-                assert item.command is not None
-                writes.append(self._ledger.stage_intent(self._producer, item.command.command_id, now_ms))
-        except BaseException:
-            self._producer.abort()
-            raise
-        await asyncio.to_thread(self._producer.commit)
-        self._ledger.apply(writes)
+    async def _promise(self, item: _Item) -> float | None:
+        """For a command that may create: wait out a previous owner's promise, then commit this owner's
+        intent. Returns the time.monotonic() value after which no create may be sent (None: no create)."""
+        command = item.command
+        assert command is not None
+        if not command.action.may_create:
+            return None
+        if item.previous_until_ms is not None:
+            ready_ms = (
+                item.previous_until_ms + (self.settings.settle_s + self.settings.clock_skew_margin_s) * 1000
+            )
+            wait_s = (ready_ms - _now_ms()) / 1000
+            if wait_s > 0:
+                log.info(
+                    "command %s: its create may be in flight at the previous owner; waiting %.0fs",
+                    command.command_id,
+                    wait_s,
+                )
+                await wait_or_stop(self._stop, wait_s)
+                if self._stop.is_set():
+                    raise Abandoned("stopping")
+        window_s = self.settings.deadline_s(command) + self.settings.promise_grace_s
+        at_ms, not_after = _now_ms(), time.monotonic() + window_s
+        intent = self._ledger.intent(command.command_id, at_ms, at_ms + int(window_s * 1000))
+        await self._committer.commit(Unit([intent], owner=self.settings.connection, label="intent"))
+        return not_after
 
     async def _execute(self, items: list[_Item]) -> None:
         by_key: dict[bytes | None, list[_Item]] = {}
@@ -292,12 +286,19 @@ class SinkWorker:
                 async with limit:
                     item.outcome = await self._execute_one(item)
 
-        await asyncio.gather(*(run_in_order(group) for group in by_key.values()))
+        tasks = [asyncio.ensure_future(run_in_order(group)) for group in by_key.values()]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed (its intent could not commit): the batch is abandoned, stop the others
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _execute_one(self, item: _Item) -> Outcome:
         assert item.command is not None
+        not_after = await self._promise(item)  # a failure here abandons the batch: no answer yet
         try:
-            return await self._executor.execute(item.command, recovering=item.recovering)
+            return await self._executor.execute(item.command, recovering=item.recovering, not_after=not_after)
         except Exception as exc:  # an executor bug must still give the command its one answer
             log.exception("command %s failed inside the bridge", item.command.command_id)
             return Outcome(
@@ -306,51 +307,47 @@ class SinkWorker:
             )
 
     async def _publish(self, items: list[_Item], batch: list[Message]) -> None:
-        ledger_writes: list[Write] = []
+        records: list[Record] = []
         results: list[dict[str, Any] | None] = [None] * len(items)
-        self._producer.begin()
-        try:
-            for index, item in enumerate(items):
-                if item.dead is not None:
-                    self._dead_letter(item)
-                    continue
-                assert item.command is not None
-                if item.duplicate_of is not None:
-                    result = results[item.duplicate_of]
-                    assert result is not None
-                    result = {**result, "replayed": True, "attempts": 0}
-                elif item.replay is not None:
-                    result = {**item.replay, "replayed": True, "attempts": 0}
-                else:
-                    assert item.outcome is not None
-                    result = result_record(
-                        item.command,
-                        self.settings.connection,
-                        item.outcome,
-                        item.received_at,
-                        dt.datetime.now(dt.UTC),
-                    )
-                topic = self._result_topic(item)
-                result, value = self._encode(topic, result)
-                if item.duplicate_of is None and item.replay is None:
-                    ledger_writes.append(
-                        self._ledger.stage_result(self._producer, item.command.command_id, result)
-                    )
-                    ledger_writes.extend(self._marker_writes(item))
-                results[index] = result
-                self._producer.produce(topic, value, key=item.source.key)
-            self._producer.send_offsets(self._offsets(batch), self._consumer.consumer_group_metadata())
-        except BaseException:
-            self._producer.abort()
-            raise
-        await asyncio.to_thread(self._producer.commit)
-        self._ledger.apply(ledger_writes)
+        for index, item in enumerate(items):
+            if item.answered:
+                continue
+            if item.dead is not None:
+                records.append(self._dead_letter(item))
+                continue
+            assert item.command is not None
+            if item.duplicate_of is not None:
+                result = results[item.duplicate_of]
+                assert result is not None
+                result = {**result, "replayed": True, "attempts": 0}
+            elif item.replay is not None:
+                result = {**item.replay, "replayed": True, "attempts": 0}
+            else:
+                assert item.outcome is not None
+                result = result_record(
+                    item.command,
+                    self.settings.connection,
+                    item.outcome,
+                    item.received_at,
+                    dt.datetime.now(dt.UTC),
+                )
+            topic = self._result_topic(item)
+            result, value = self._encode(topic, result)
+            if item.duplicate_of is None and item.replay is None:
+                where = (item.source.topic, item.source.partition, item.source.offset)
+                records.append(self._ledger.result(item.command.command_id, result, where))
+                records.extend(self._marker_records(item))
+            results[index] = result
+            records.append(Record(topic, item.source.key, value))
+        unit = Unit(records, owner=self.settings.connection, offsets=self._offsets(batch), label="results")
+        await self._committer.commit(unit)
         if self._on_result is not None:
             for item, result in zip(items, results, strict=True):
-                self._on_result(item.command, result, item.dead)
+                if not item.answered:
+                    self._on_result(item.command, result, item.dead)
 
     # -- helpers -----------------------------------------------------------------------------------
-    def _dead_letter(self, item: _Item) -> None:
+    def _dead_letter(self, item: _Item) -> Record:
         assert item.dead is not None
         headers = dead_letter_headers(item.dead, item.source, self.settings.connection)
         value = item.message.value()
@@ -359,7 +356,7 @@ class SinkWorker:
             # where the original is, rather than fail the transaction on every attempt.
             headers.append(("dlq.value.dropped-bytes", str(len(value)).encode()))
             value = None
-        self._producer.produce(self.settings.dlq_topic, value, key=item.source.key, headers=headers)
+        return Record(self.settings.dlq_topic, item.source.key, value, tuple(headers))
 
     def _encode(self, topic: str, result: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
         """The result (made smaller when it would not fit the topic) and its Avro encoding."""
@@ -380,14 +377,14 @@ class SinkWorker:
             )
         return self._limits[topic]
 
-    def _marker_writes(self, item: _Item) -> list[Write]:
+    def _marker_records(self, item: _Item) -> list[Record]:
         """Record whether the server kept the marker identifier, when this create told something new."""
         outcome, command = item.outcome, item.command
         if outcome is None or command is None or outcome.marker_kept is None:
             return []
         if self._ledger.marker_kept(command.resource_type) == outcome.marker_kept:
             return []
-        return [self._ledger.stage_marker(self._producer, command.resource_type, outcome.marker_kept)]
+        return [self._ledger.marker(command.resource_type, outcome.marker_kept)]
 
     def _result_topic(self, item: _Item) -> str:
         reply = item.command.reply_topic if item.command is not None else None
@@ -405,7 +402,7 @@ class SinkWorker:
 
     def _reply_problem(self, topic: str) -> str | None:
         """Why results cannot go to `topic`, or None when they can. Raises RegistryUnavailable when the
-        registry cannot be asked (the batch is then read again later)."""
+        registry cannot be asked (the batch is then processed again later)."""
         if problem := self._replies.problem(topic):
             return problem
         if not self._topic_exists(topic):
@@ -423,8 +420,7 @@ class SinkWorker:
     def _topic_exists(self, topic: str) -> bool:
         if topic in self._known_topics:
             return True
-        metadata = self._consumer.list_topics(topic, timeout=10).topics.get(topic)
-        if metadata is not None and metadata.error is None and metadata.partitions:
+        if self._topic_exists_now(topic):
             self._known_topics.add(topic)
             return True
         return False
@@ -437,13 +433,6 @@ class SinkWorker:
             next_offsets[key] = max(next_offsets.get(key, 0), int(m.offset() or 0) + 1)
         return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
 
-    def _rewind(self, batch: list[Message]) -> None:
-        first: dict[tuple[str, int], int] = {}
-        for m in batch:
-            key = (str(m.topic()), int(m.partition() or 0))
-            first[key] = min(first.get(key, int(m.offset() or 0)), int(m.offset() or 0))
-        for (topic, partition), offset in first.items():
-            try:
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as exc:  # revoked meanwhile: its new owner reads it
-                log.info("not rewinding %s[%d]: %s", topic, partition, exc)
+
+def _now_ms() -> int:
+    return int(dt.datetime.now(dt.UTC).timestamp() * 1000)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from bridge.kafka.table import CompactedTable, Write
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.table import CompactedTable
+from bridge.kafka.txn import Record
 
 Cursor = dict[str, Any]
 
@@ -34,17 +34,11 @@ class CursorStore:
         keys = {cursor_key(connection, t): t for t in tasks}
         return {keys[k]: json.loads(v) for k, v in self._table.get_many(keys).items()}
 
-    def stage(
-        self, producer: TransactionalProducer, connection: str, task: str, cursor: Cursor | None
-    ) -> Write:
-        """Produce the advanced cursor into the open transaction (None resets it: a tombstone)."""
+    def record(self, connection: str, task: str, cursor: Cursor | None) -> Record:
+        """The write of an advanced cursor (None resets it: a tombstone)."""
         key = cursor_key(connection, task)
         value = None if cursor is None else json.dumps(cursor, separators=(",", ":"), sort_keys=True).encode()
-        producer.produce(self._table.topic, value, key=key)
-        return key, value
-
-    def apply(self, writes: list[Write]) -> None:
-        self._table.apply(writes)
+        return Record(self._table.topic, key, value, table=self._table)
 
     def all(self) -> dict[tuple[str, str], Cursor]:
         """Every cursor, for `epic-bridge status`."""

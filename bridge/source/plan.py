@@ -19,13 +19,14 @@ from typing import Literal
 
 from bridge.config.models import ConnectionConfig, ResourceConfig
 from bridge.config.source import EPIC_OBSERVATION_CATEGORIES
+from bridge.errors import BridgeError
 from bridge.fhir.capabilities import Capabilities, Profile
 
 Mode = Literal["unanchored", "per-patient", "read"]
 Param = tuple[str, str]
 
 
-class PlanError(Exception):
+class PlanError(BridgeError):
     """The server cannot be polled for this resource without sending unsupported parameters."""
 
 

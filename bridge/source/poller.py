@@ -11,7 +11,6 @@ reported; it never holds up the other patients.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import logging
 import time
@@ -257,23 +256,27 @@ class PollTask:
                     return
                 yield page
         finally:
-            aclose = getattr(pages, "aclose", None)  # an async generator: release its open response
+            # An async generator: release its open response. `_unless_stopped` never leaves a step of it
+            # running, so closing it cannot meet "aclose(): asynchronous generator is already running".
+            aclose = getattr(pages, "aclose", None)
             if aclose is not None:
                 await aclose()
 
     async def _unless_stopped(self, step: Awaitable[T]) -> T | None:
-        """`step`'s result (None at the end of an iteration); Interrupted once the stop event is set."""
+        """`step`'s result (None at the end of an iteration); Interrupted once the stop event is set.
+
+        However this returns (a result, Interrupted, or this task being cancelled by a second signal),
+        `step` is finished first: it is cancelled and awaited, never left running in the background."""
         work: asyncio.Future[T] = asyncio.ensure_future(step)
         stopped: asyncio.Future[Any] = asyncio.ensure_future(self._stop.wait())
-        waiting: list[asyncio.Future[Any]] = [work, stopped]
         try:
-            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait([work, stopped], return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-        if not work.done():
-            work.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, FHIRError):
-                await work
+            if not work.done():
+                work.cancel()
+                await asyncio.wait([work])
+        if work.cancelled() or isinstance(work.exception(), asyncio.CancelledError):
             await self._flush(self._state)
             raise Interrupted
         try:

@@ -1,23 +1,21 @@
 """Exactly-once publication of one batch of changes.
 
-Events, the fingerprints that explain them and the advanced cursor go into one Kafka transaction. A
-crash at any instant leaves either all of them or none of them visible to read_committed consumers;
-after a restart, the state store says which changes were already published, so re-polling the same
-data emits nothing twice and misses nothing.
+Events, the fingerprints that explain them and the advanced cursor are one unit of the connection's
+transaction helper (bridge.kafka.txn), so they commit together: a crash at any instant leaves either all
+of them or none of them visible to read_committed consumers; after a restart, the state store says which
+changes were already published, so re-polling the same data emits nothing twice and misses nothing. The
+unit belongs to the connection: a process that no longer owns it cannot commit it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bridge.kafka.avro import TopicCodec
-from bridge.kafka.errors import KafkaGlueError
-from bridge.kafka.table import Write
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Committer, Record, Unit
 from bridge.source.cursors import Cursor, CursorStore
 from bridge.source.detect import Change
 from bridge.source.events import build_event
@@ -37,13 +35,13 @@ class BatchPublisher:
         self,
         *,
         connection: str,
-        producer: TransactionalProducer,
+        committer: Committer,
         codecs: Mapping[str, TopicCodec],
         seen: SeenStore,
         cursors: CursorStore,
     ) -> None:
         self.connection = connection
-        self._producer = producer
+        self._committer = committer
         self._codecs = codecs
         self._seen = seen
         self._cursors = cursors
@@ -52,7 +50,7 @@ class BatchPublisher:
     def cursors(self) -> CursorStore:
         return self._cursors
 
-    def _stage(
+    def _unit(
         self,
         task: str,
         resource_type: str,
@@ -62,11 +60,10 @@ class BatchPublisher:
         extra_cursors: Mapping[str, Cursor],
         position: str | None = None,
         snapshot_run: str | None = None,
-    ) -> tuple[list[Write], list[Write], int]:
-        """Produce everything of one batch into the open transaction."""
+    ) -> tuple[Unit, Published]:
+        """Everything of one batch: events, then fingerprints, then cursors."""
         now = dt.datetime.now(dt.UTC)
-        state_writes: list[Write] = []
-        cursor_writes: list[Write] = []
+        records: list[Record] = []
         events = 0
         codec = self._codecs[resource_type]
         cursor_text = (
@@ -84,27 +81,17 @@ class BatchPublisher:
                     snapshot_run=snapshot_run,
                     change=change.identity,
                 )
-                self._producer.produce(codec.topic, codec.encode(event), key=change.resource_id.encode())
+                records.append(Record(codec.topic, change.resource_id.encode(), codec.encode(event)))
                 events += 1
-            state_writes.append(
-                self._seen.stage(
-                    self._producer,
-                    self.connection,
-                    resource_type,
-                    change.resource_id,
-                    change.seen(),
-                )
-            )
+        for change in changes:
+            seen = change.seen()
+            records.append(self._seen.record(self.connection, resource_type, change.resource_id, seen))
         for name, extra in extra_cursors.items():
-            cursor_writes.append(self._cursors.stage(self._producer, self.connection, name, extra))
+            records.append(self._cursors.record(self.connection, name, extra))
         if advance_cursor:
-            cursor_writes.append(self._cursors.stage(self._producer, self.connection, task, cursor))
-        return state_writes, cursor_writes, events
-
-    def _apply(self, state_writes: list[Write], cursor_writes: list[Write]) -> None:
-        self._seen.apply(state_writes)
-        if cursor_writes:
-            self._cursors.apply(cursor_writes)
+            records.append(self._cursors.record(self.connection, task, cursor))
+        unit = Unit(records, owner=self.connection, label=f"{self.connection}/{task}")
+        return unit, Published(events, len(changes))
 
     def publish(
         self,
@@ -116,13 +103,12 @@ class BatchPublisher:
         advance_cursor: bool = True,
         extra_cursors: Mapping[str, Cursor] | None = None,
     ) -> Published:
-        """Publish in one transaction; the local caches learn of it only once it committed."""
-        with self._producer.transaction():
-            state, cursors, events = self._stage(
-                task, resource_type, changes, cursor, advance_cursor, extra_cursors or {}
-            )
-        self._apply(state, cursors)
-        return Published(events, len(state))
+        """Publish in one transaction and wait for it; the local caches learn of it once it committed."""
+        unit, published = self._unit(
+            task, resource_type, changes, cursor, advance_cursor, extra_cursors or {}
+        )
+        self._committer.commit_sync(unit)
+        return published
 
     async def publish_async(
         self,
@@ -136,39 +122,10 @@ class BatchPublisher:
         position: str | None = None,
         snapshot_run: str | None = None,
     ) -> Published:
-        """As `publish`, with the blocking commit in a worker thread so other poll tasks keep going.
-
-        Cancelling the caller does not cut a commit short: it waits for the commit's outcome first, so
-        the caches never disagree with what the broker made visible.
-        """
-        self._producer.begin()
-        try:
-            state, cursors, events = self._stage(
-                task,
-                resource_type,
-                changes,
-                cursor,
-                advance_cursor,
-                extra_cursors or {},
-                position,
-                snapshot_run,
-            )
-        except BaseException:
-            self._abort_quietly()
-            raise
-        commit = asyncio.ensure_future(asyncio.to_thread(self._producer.commit))
-        try:
-            await asyncio.shield(commit)
-        except asyncio.CancelledError:
-            await asyncio.wait([commit])
-            if not commit.cancelled() and commit.exception() is None:
-                self._apply(state, cursors)
-            raise
-        self._apply(state, cursors)
-        return Published(events, len(state))
-
-    def _abort_quietly(self) -> None:
-        try:
-            self._producer.abort()
-        except KafkaGlueError as exc:
-            log.warning("abort after a failed batch also failed: %s", exc)
+        """As `publish`, awaited: the commit runs on the helper's thread while other tasks keep going.
+        Cancelling the caller withdraws the batch only if its commit has not started (see Committer)."""
+        unit, published = self._unit(
+            task, resource_type, changes, cursor, advance_cursor, extra_cursors or {}, position, snapshot_run
+        )
+        await self._committer.commit(unit)
+        return published

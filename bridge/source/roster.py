@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from bridge.config.models import GroupRoster, RosterConfig, SeenPatientsRoster, StaticRoster
+from bridge.errors import BridgeError
 from bridge.fhir.capabilities import Capabilities
 from bridge.fhir.client import FHIRClient
 from bridge.fhir.errors import FHIRError
@@ -24,7 +25,7 @@ from bridge.source.state import SeenStore
 log = logging.getLogger(__name__)
 
 
-class RosterError(Exception):
+class RosterError(BridgeError):
     """The roster cannot be read (e.g. the Group is missing, or MRN lookups are not supported)."""
 
 

@@ -1,29 +1,28 @@
-"""The source side of one connection: its topics, schemas, producers and poll tasks.
+"""The source side of one connection: its topics, schemas and poll tasks.
 
-Start-up happens in the order exactly-once needs:
-1. `prepare` (from the config alone, no FHIR call): create the topics that are missing, register the
-   event schemas (BACKWARD), and create one transactional producer per poll task, whose
-   `init_transactions()` fences any older worker with the same transactional.id and aborts what it
-   left open;
-2. the caller catches the internal tables up with their topics (after every writer was fenced);
-3. `run`: read the CapabilityStatement, plan each resource, and poll until stopped.
+* `prepare` (from the config alone, no FHIR call, blocking): create the event topics that are missing and
+  register the event schemas (BACKWARD). Done once per process, for every configured connection.
+* `run` (while this process owns the connection, after its caches caught up with the topics): read the
+  CapabilityStatement, plan each resource, and poll until stopped. Each poll task runs supervised: an
+  unexpected failure restarts that task with backoff and is reported; the others go on.
+
+Every batch is a unit of the process's transaction helper (bridge.kafka.txn) belonging to the
+connection, so a process that lost the connection cannot publish for it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.context import KafkaContext
-from bridge.kafka.table import CompactedTable
-from bridge.kafka.topics import TopicSpec, ensure_topics, events_topic, offsets_topic, state_topic
-from bridge.kafka.transactions import ProducerFencedError, TransactionalProducer
+from bridge.kafka.internal import InternalTables
+from bridge.kafka.topics import TopicSpec, ensure_topics, events_topic
+from bridge.kafka.txn import Committer
 from bridge.logs import log_context
 from bridge.metrics import Metrics
 from bridge.source.cursors import CursorStore
@@ -32,33 +31,11 @@ from bridge.source.poller import PollTask
 from bridge.source.publish import BatchPublisher
 from bridge.source.roster import RosterError, build_roster
 from bridge.source.state import SeenStore
+from bridge.supervise import Health, supervise
 
 log = logging.getLogger(__name__)
 
 EVENT_TOPIC_PARTITIONS = 3
-
-
-@dataclass
-class InternalTables:
-    """The compacted `_state` and `_offsets` tables of one topic prefix (shared by its connections)."""
-
-    state: CompactedTable
-    offsets: CompactedTable
-
-    @classmethod
-    def open(cls, kafka: KafkaContext, prefix: str) -> InternalTables:
-        return cls(
-            CompactedTable(kafka.config, state_topic(prefix), kafka.cache_path(state_topic(prefix))),
-            CompactedTable(kafka.config, offsets_topic(prefix), kafka.cache_path(offsets_topic(prefix))),
-        )
-
-    def catch_up(self, timeout_s: float = 120.0) -> None:
-        self.state.catch_up(timeout_s)
-        self.offsets.catch_up(timeout_s)
-
-    def close(self) -> None:
-        self.state.close()
-        self.offsets.close()
 
 
 def source_resources(cfg: ConnectionConfig) -> list[str]:
@@ -66,18 +43,13 @@ def source_resources(cfg: ConnectionConfig) -> list[str]:
     return sorted(r for r, rc in cfg.enabled_resources().items() if rc.triggers)
 
 
-def topic_specs(
-    cfg: ConnectionConfig, replication_factor: int = -1, min_insync_replicas: int | None = None
-) -> list[TopicSpec]:
-    specs = [
+def topic_specs(cfg: ConnectionConfig, replication_factor: int = -1) -> list[TopicSpec]:
+    return [
         TopicSpec(
             events_topic(cfg.topic_prefix, cfg.name, r.lower()), EVENT_TOPIC_PARTITIONS, replication_factor
         )
         for r in source_resources(cfg)
     ]
-    for internal in (offsets_topic(cfg.topic_prefix), state_topic(cfg.topic_prefix)):
-        specs.append(TopicSpec.compacted(internal, 1, replication_factor, min_insync_replicas))
-    return specs
 
 
 class SourceService:
@@ -86,49 +58,33 @@ class SourceService:
         cfg: ConnectionConfig,
         tables: InternalTables,
         codecs: Mapping[str, TopicCodec],
-        producers: Mapping[str, TransactionalProducer],
+        committer: Committer,
     ) -> None:
         self.config = cfg
         self.tables = tables
         self.codecs = dict(codecs)
-        self.producers = dict(producers)
+        self.committer = committer
         self.seen = SeenStore(tables.state)
         self.cursors = CursorStore(tables.offsets)
         self.tasks: list[PollTask] = []
-        self.fenced: set[str] = set()  # tasks another instance took over
-
-    def check_not_fenced(self) -> None:
-        """A readiness check: fails while another instance holds some of this connection's tasks."""
-        if self.fenced:
-            raise RuntimeError(f"taken over by another instance: {', '.join(sorted(self.fenced))}")
 
     @classmethod
-    def prepare(cls, cfg: ConnectionConfig, kafka: KafkaContext, tables: InternalTables) -> SourceService:
+    def prepare(
+        cls, cfg: ConnectionConfig, kafka: KafkaContext, tables: InternalTables, committer: Committer
+    ) -> SourceService:
         """Blocking Kafka/registry set-up; run it in a worker thread from async code."""
-        settings = kafka.settings
-        specs = topic_specs(cfg, settings.topic_replication_factor, settings.topic_min_insync_replicas)
-        created = ensure_topics(kafka.admin, specs)
+        created = ensure_topics(kafka.admin, topic_specs(cfg, kafka.settings.topic_replication_factor))
         if created:
             log.info("%s: created topics %s", cfg.name, ", ".join(created))
-        codecs: dict[str, TopicCodec] = {}
-        producers: dict[str, TransactionalProducer] = {}
-        try:
-            for rtype in source_resources(cfg):
-                task = rtype.lower()
-                topic = events_topic(cfg.topic_prefix, cfg.name, task)
-                codecs[rtype] = TopicCodec(kafka.registry, topic, load_schema(f"{task}_event.avsc"))
-                producers[rtype] = TransactionalProducer(
-                    kafka.config, kafka.task_transactional_id(cfg.topic_prefix, cfg.name, "source", task)
-                )
-            # each init is a round trip to the transaction coordinator (and may wait for an abort)
-            with ThreadPoolExecutor(max_workers=len(producers) or 1) as pool:
-                for future in [pool.submit(p.init) for p in producers.values()]:
-                    future.result()
-        except BaseException:
-            for producer in producers.values():
-                producer.close()
-            raise
-        return cls(cfg, tables, codecs, producers)
+        codecs = {
+            rtype: TopicCodec(
+                kafka.registry,
+                events_topic(cfg.topic_prefix, cfg.name, rtype.lower()),
+                load_schema(f"{rtype.lower()}_event.avsc"),
+            )
+            for rtype in source_resources(cfg)
+        }
+        return cls(cfg, tables, codecs, committer)
 
     async def run(
         self,
@@ -137,6 +93,7 @@ class SourceService:
         *,
         cycles: int | None = None,
         metrics: Metrics | None = None,
+        health: Health | None = None,
     ) -> None:
         """Plan every resource from the CapabilityStatement, then poll until `stop` is set (or, for
         tests and one-shot runs, until every task completed `cycles` cycles)."""
@@ -156,7 +113,7 @@ class SourceService:
                 continue
             publisher = BatchPublisher(
                 connection=cfg.name,
-                producer=self.producers[rtype],
+                committer=self.committer,
                 codecs=self.codecs,
                 seen=self.seen,
                 cursors=self.cursors,
@@ -175,19 +132,28 @@ class SourceService:
                     metrics=metrics,
                 )
             )
-        await asyncio.gather(*(self._run_task(t, stop, cycles) for t in self.tasks))
+        await asyncio.gather(*(self._run_task(t, stop, cycles, metrics, health) for t in self.tasks))
 
-    async def _run_task(self, task: PollTask, stop: asyncio.Event, cycles: int | None) -> None:
+    async def _run_task(
+        self,
+        task: PollTask,
+        stop: asyncio.Event,
+        cycles: int | None,
+        metrics: Metrics | None,
+        health: Health | None,
+    ) -> None:
         with log_context(connection=self.config.name, resource=task.plan.resource_type, task="poll"):
-            try:
-                await task.run(stop, cycles=cycles)
-            except ProducerFencedError:
-                # another bridge process runs this task now (same transactional.id): this one stops it for
-                # good, without crash-looping against the other; /readyz reports it (see `fenced`)
-                log.error("%s: another instance took over this task; it stops here", task.name)
-                self.fenced.add(task.plan.task)
+            await supervise(
+                task.plan.task,
+                lambda: task.run(stop, cycles=cycles),
+                stop,
+                health=health,
+                on_failure=None if metrics is None else restarts_counter(metrics, self.config.name),
+            )
 
-    def close(self) -> None:
-        """Abort whatever is still open (nothing half-done becomes visible) and flush."""
-        for producer in self.producers.values():
-            producer.close()
+
+def restarts_counter(metrics: Metrics, connection: str) -> Callable[[str, BaseException], None]:
+    def count(task: str, exc: BaseException) -> None:
+        metrics.task_restarts.labels(connection, task, type(exc).__name__).inc()
+
+    return count

@@ -1,7 +1,7 @@
 """What the bridge has seen, per connection and resource: id → fingerprint, in the `_state` topic.
 
-Writes are staged into the open Kafka transaction together with the events they explain, and applied
-to the local cache only after that transaction committed (see bridge.kafka.table).
+Writes are records of the same transaction as the events they explain, and reach the local cache only
+after that transaction committed (see bridge.kafka.txn and bridge.kafka.table).
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from bridge.kafka.table import CompactedTable, Write
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.table import CompactedTable
+from bridge.kafka.txn import Record
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,13 @@ class SeenStore:
             result[keys[key]] = Seen(value["fp"], value.get("patient"), int(value.get("n", 0)))
         return result
 
-    def stage(
-        self,
-        producer: TransactionalProducer,
-        connection: str,
-        resource_type: str,
-        resource_id: str,
-        seen: Seen,
-    ) -> Write:
-        """Produce the new fingerprint into the open transaction; returns the write to apply after commit."""
+    def record(self, connection: str, resource_type: str, resource_id: str, seen: Seen) -> Record:
+        """The write of a new fingerprint, for the transaction that publishes the change."""
         key = state_key(connection, resource_type, resource_id)
         value = json.dumps(
             {"fp": seen.fingerprint, "patient": seen.patient_id, "n": seen.changes}, separators=(",", ":")
         ).encode()
-        producer.produce(self._table.topic, value, key=key)
-        return key, value
-
-    def apply(self, writes: Iterable[Write]) -> None:
-        self._table.apply(writes)
+        return Record(self._table.topic, key, value, table=self._table)
 
     def ids(self, connection: str, resource_type: str) -> Iterator[str]:
         """Every id seen for one resource type (e.g. the Patient roster of "patients already seen")."""

@@ -21,10 +21,11 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from bridge.auth.keys import KeySet, generate_key_pair, load_private_key
 from bridge.config import ConnectionConfig, load_connection_file
-from bridge.connection import Connection
+from bridge.engine.prefix import PrefixEngine, Side
 from bridge.kafka.avro import load_schema
 from bridge.kafka.context import KafkaContext, KafkaSettings
-from bridge.sink.service import SinkTopics, run_sink
+from bridge.metrics import Metrics
+from bridge.sink.service import SinkTopics
 
 ALL_ACTIONS = {"actions": ["create", "find"], "triggers": []}
 RESOURCES = ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
@@ -229,10 +230,26 @@ class SinkHarness:
             self._producer.flush(10)
 
 
+def sink_engine(
+    config: ConnectionConfig, kafka: KafkaContext, metrics: Metrics | None = None
+) -> PrefixEngine:
+    """The engine `epic-bridge run --only sink` runs (group membership, partition feed, transaction
+    helper), for one connection, in this process."""
+    sink_only: frozenset[Side] = frozenset({"sink"})
+    return PrefixEngine(
+        config.topic_prefix, [config], kafka, sides=sink_only, store=None, metrics=metrics or Metrics()
+    )
+
+
+async def run_sink(
+    config: ConnectionConfig, kafka: KafkaContext, stop: asyncio.Event, metrics: Metrics | None = None
+) -> None:
+    await sink_engine(config, kafka, metrics).run(stop)
+
+
 @dataclass
 class RunningSink:
     harness: SinkHarness
-    connection: Connection
     task: asyncio.Task[None]
     stop: asyncio.Event
 
@@ -251,22 +268,21 @@ class RunningSink:
         try:
             await asyncio.wait_for(self.task, 60)
         finally:
-            await self.connection.aclose()
             self.harness.close()
 
 
 async def start_sink(config: ConnectionConfig, kafka: KafkaContext, metrics: Any = None) -> RunningSink:
-    connection = await Connection.open(config)
+    """The sink running, once it owns the connection and opened it (discovery and token done)."""
     stop = asyncio.Event()
-    task = asyncio.create_task(run_sink(connection, config, kafka, stop, metrics))
+    engine = sink_engine(config, kafka, metrics)
+    task = asyncio.create_task(engine.run(stop))
     harness = SinkHarness(config, kafka.config["bootstrap.servers"], kafka.registry)
-    wanted = {*harness.topics.commands, harness.topics.results, harness.topics.dlq}
     deadline = asyncio.get_running_loop().time() + 60
-    while not wanted <= set((await asyncio.to_thread(kafka.admin.list_topics, timeout=10)).topics):
+    while (worker := engine.workers.get(config.name)) is None or worker.connection is None:
         assert not task.done(), task.exception()
-        assert asyncio.get_running_loop().time() < deadline, "the sink did not create its topics"
-        await asyncio.sleep(0.2)
-    return RunningSink(harness, connection, task, stop)
+        assert asyncio.get_running_loop().time() < deadline, "the sink did not start"
+        await asyncio.sleep(0.1)
+    return RunningSink(harness, task, stop)
 
 
 def resources_of(result: dict[str, Any]) -> list[dict[str, Any]]:

@@ -19,11 +19,13 @@ from bridge.auth.keys import generate_key_pair, load_private_key
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
 from bridge.kafka.context import KafkaContext, KafkaSettings
-from bridge.kafka.topics import events_topic
-from bridge.source.service import InternalTables, SourceService
+from bridge.kafka.internal import InternalTables
+from bridge.kafka.topics import ensure_topics, events_topic, internal_topic_specs
+from bridge.kafka.txn import Committer
+from bridge.source.service import SourceService
 
 ALL_SCOPES = [
-    f"system/{t}.rs" for t in ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
+    f"system/{t}.crs" for t in ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
 ]
 ALL_SCOPES += ["system/Group.r"]
 RESOURCES = ("Patient", "Appointment", "Encounter", "Observation", "DocumentReference")
@@ -61,6 +63,8 @@ def connection_config(
     resources: dict[str, dict[str, Any]] | None = None,
     source: dict[str, Any] | None = None,
     rate: float = 500.0,
+    poll_interval_s: float = 1,
+    sink: dict[str, Any] | None = None,
 ) -> ConnectionConfig:
     client_id = f"bridge-{uuid.uuid4().hex[:8]}"
     key_file = register_backend_client(sim, folder, client_id)
@@ -76,12 +80,13 @@ def connection_config(
             "keys": [{"private_key": {"file": str(key_file)}}],
         },
         "resources": resources,
-        "poll_interval_s": 1,
+        "poll_interval_s": poll_interval_s,
         "roster": roster or {"source": "group", "group_id": sim.stats()["roster_group"]},
         "initial_sync": initial_sync,
         "topic_prefix": prefix,
         "rate_limit": {"requests_per_second": rate, "burst": int(rate)},
         "source": {"batch_max_seconds": 30, **(source or {})},
+        **({"sink": sink} if sink else {}),
     }
     (folder / f"{name}.json").write_text(json.dumps(doc, indent=2))
     return ConnectionConfig.model_validate(doc).with_source_dir(folder)
@@ -100,16 +105,25 @@ def kafka_context(bootstrap: str, registry_url: str, state_dir: Path, instance: 
 
 @dataclass
 class SourceRun:
-    """The source side of one connection, started the way `epic-bridge run` starts it."""
+    """The source side of one connection, started the way `epic-bridge run` starts it once it owns the
+    connection (without a group: its commits are not fenced by one)."""
 
     cfg: ConnectionConfig
     kafka: KafkaContext
     tables: InternalTables = field(init=False)
+    committer: Committer = field(init=False)
     service: SourceService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.tables = InternalTables.open(self.kafka, self.cfg.topic_prefix)
-        self.service = SourceService.prepare(self.cfg, self.kafka, self.tables)
+        prefix = self.cfg.topic_prefix
+        ensure_topics(
+            self.kafka.admin, internal_topic_specs(prefix, self.kafka.settings.internal_topic_partitions)
+        )
+        self.tables = InternalTables.open(self.kafka, prefix)
+        # one id per connection: runs of several connections of a prefix share this process
+        self.committer = Committer(self.kafka.config, self.kafka.transactional_id(prefix, self.cfg.name))
+        self.committer.start().result()  # aborts what an earlier run with this id left open
+        self.service = SourceService.prepare(self.cfg, self.kafka, self.tables, self.committer)
         self.tables.catch_up(60)
 
     def cycles(self, n: int = 1) -> SourceService:
@@ -121,7 +135,7 @@ class SourceRun:
         return self.service
 
     def close(self) -> None:
-        self.service.close()
+        self.committer.close()
         self.tables.close()
 
 

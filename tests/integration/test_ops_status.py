@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import AdminClient
 from prometheus_client import generate_latest
+from source_support import connection_config, kafka_context
 
+from bridge.engine.prefix import PrefixEngine
 from bridge.kafka.context import KafkaContext, KafkaSettings
 from bridge.kafka.topics import TopicSpec, ensure_topics, offsets_topic
 from bridge.kafka.transactions import TransactionalProducer
 from bridge.metrics import Metrics
+from bridge.ops.owners import Owner, owners
 from bridge.ops.status import read_cursors, reset_cursor, scrape, statuses
 from bridge.source.cursors import cursor_key
 from bridge.web import WebResponse, WebServer
@@ -61,3 +67,45 @@ def test_status_merges_cursors_and_metrics_and_reset_deletes_a_cursor(
     reset_cursor(kafka, prefix, "prod", "patient")
     assert ("prod", "patient") not in read_cursors(kafka, prefix)
     assert scrape("http://127.0.0.1:9/metrics").reachable is False
+
+
+@pytest.mark.integration
+async def test_status_names_the_live_owner_of_each_connection_and_since_when(
+    epic_sim_factory: Any, kafka_bootstrap: str, registry_url: str, tmp_path: Path
+) -> None:
+    sim = epic_sim_factory(patients=1, seed=3)
+    prefix = f"own{uuid.uuid4().hex[:8]}"
+    cfg = connection_config(sim, tmp_path, name="owned", prefix=prefix)
+    kafka = kafka_context(kafka_bootstrap, registry_url, tmp_path / "state", instance="status-test")
+    engine = PrefixEngine(
+        prefix, [cfg], kafka, sides=frozenset({"source", "sink"}), store=None, metrics=Metrics()
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(engine.run(stop))
+
+    async def rows() -> dict[str, Owner]:
+        cursors = await asyncio.to_thread(read_cursors, kafka, prefix)
+        found = await asyncio.to_thread(owners, kafka, prefix, ["owned", "never"], cursors)
+        return {row.connection: row for row in found}
+
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while (worker := engine.workers.get("owned")) is None or not worker.running:  # topics made, owned
+            assert not running.done(), running.exception()
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.2)
+        while (now := await rows())["owned"].since is None:
+            assert not running.done(), running.exception()
+            assert asyncio.get_running_loop().time() < deadline, now
+            await asyncio.sleep(0.5)
+        owned = now["owned"]
+        assert (owned.group, owned.instance) == (f"epic-bridge.{prefix}", "status-test")
+        assert owned.host and owned.since.endswith("Z")
+        never = now["never"]
+        assert (never.instance, never.since, never.last_known) == (None, None, None)
+    finally:
+        stop.set()
+        await running
+    after = (await rows())["owned"]  # left the group: nobody runs it, the record says who did
+    assert after.instance is None and after.last_known is not None
+    assert after.last_known["instance"] == "status-test"

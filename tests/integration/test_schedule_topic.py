@@ -1,5 +1,6 @@
-"""The schedule through its compacted topic on the real broker: writes staged in the scans' transaction,
-applied after the commit, and a new owner of the connection rebuilding the same queue from the topic."""
+"""The schedule through its compacted topic on the real broker: writes committed with the scans' unit,
+applied by the transaction helper after the commit, and a new owner of the connection rebuilding the same
+queue from the topic."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.errors import RecordTooLargeError
+from bridge.kafka.txn import Committer, Record, Unit
 from bridge.source.schedule.codec import UnitKind
 from bridge.source.schedule.policy import Policy, ScanOutcome
 from bridge.source.schedule.scheduler import Scheduler
@@ -32,32 +34,29 @@ async def test_a_new_owner_rebuilds_the_same_queue_from_the_topic(
 ) -> None:
     config = {"bootstrap.servers": kafka_bootstrap}
     topic = new_topic("_schedule", partitions=3, compacted=True)
-    producer = TransactionalProducer(config, unique_name("tx"))
-    producer.init()
+    committer = Committer(config, unique_name("tx"), max_record_bytes=100_000)
+    committer.start().result()
     first = ScheduleStore.open(config, topic, tmp_path / "first.db")
     owner = scheduler(first)
 
     async for writes in owner.sync_roster(roster(40), 0.0, batch=50):
-        with producer.transaction():
-            owner.stage(producer, writes)
-        owner.applied(writes)
+        await committer.commit(Unit(owner.records(writes)))
+        owner.committed(writes)
     for t in range(30):  # batches of scans, each committed with its schedule writes
         writes = []
         for i, scan in enumerate(owner.next_due(float(t), 4)):
             outcome = ScanOutcome(changed=scan.patient in {"p003", "p017"} and t > 5)
             writes += owner.record(scan, outcome, t + i / 4)
-        with producer.transaction():
-            owner.stage(producer, writes)
-        owner.applied(writes)
+        await committer.commit(Unit(owner.records(writes)))
+        owner.committed(writes)
 
-    # a batch whose transaction aborts leaves no trace, here or in the topic
+    # a batch whose transaction fails (here: with a record too large to send) leaves no trace
     taken = owner.next_due(30.0, 4)
     lost = [w for scan in taken for w in owner.record(scan, ScanOutcome(changed=True), 30.0)]
-    with pytest.raises(RuntimeError), producer.transaction():
-        owner.stage(producer, lost)
-        raise RuntimeError("the scan's batch failed")
+    with pytest.raises(RecordTooLargeError):
+        await committer.commit(Unit([*owner.records(lost), Record(topic, b"too large", b"x" * 200_000)]))
     owner.aborted()
-    producer.close()
+    committer.close()
 
     expected = [scan.key for scan in owner.next_due(40.0, 200)]
     assert [s.key for s in taken] == expected[:4]  # handed out again

@@ -129,7 +129,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         config_dir,
         "crash",
         resources={"Patient": actions, "Observation": actions},
-        sink={"max_batch": 40, "concurrency": 8, "command_deadline_s": 60, "ambiguous_settle_s": 0.2},
+        # a command's deadline bounds its create's promise, which a restarted process waits out before
+        # it searches for an interrupted create: short here, so ten restarts fit the test's time
+        sink={"max_batch": 40, "concurrency": 8, "command_deadline_s": 15, "ambiguous_settle_s": 0.2},
         rate_limit={"requests_per_second": 1000, "burst": 200},
     )
     # A little latency widens the window between Epic's 201 and the committed result, so kills land in it.
@@ -142,6 +144,9 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         "EPIC_BRIDGE_SCHEMA_REGISTRY_URL": registry_url,
         "EPIC_BRIDGE_INSTANCE_ID": f"crash-{uuid.uuid4().hex[:8]}",  # the same across restarts, like a pod
         "EPIC_BRIDGE_HTTP_PORT": "0",  # metrics/health on a free port
+        # a restarted process waits for its killed predecessor's group session to expire
+        "EPIC_BRIDGE_SESSION_TIMEOUT_S": "6",
+        "EPIC_BRIDGE_HEARTBEAT_INTERVAL_S": "2",
     }
     bridge = BridgeProcess(config_dir, tmp_path / "state", env, tmp_path / "bridge.log")
     harness = SinkHarness(config, kafka_bootstrap, schema_registry)

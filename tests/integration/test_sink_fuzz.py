@@ -19,10 +19,8 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sink_support import SinkHarness, kafka_context, write_connection
+from sink_support import SinkHarness, kafka_context, run_sink, write_connection
 
-from bridge.connection import Connection
-from bridge.sink.service import run_sink
 from epic_sim.search_rules import EPIC_PARAMS
 
 pytestmark = pytest.mark.integration
@@ -141,7 +139,7 @@ dlq_cases = st.one_of(
 
 
 class BackgroundSink:
-    """run_sink on its own event loop in a thread, so hypothesis can drive a plain (sync) test."""
+    """The sink on its own event loop in a thread, so hypothesis can drive a plain (sync) test."""
 
     def __init__(self, config: Any, kafka: Any) -> None:
         self.config, self.kafka = config, kafka
@@ -154,8 +152,7 @@ class BackgroundSink:
     def _run(self) -> None:
         async def main() -> None:
             self.stop_event = asyncio.Event()
-            async with await Connection.open(self.config) as connection:
-                await run_sink(connection, self.config, self.kafka, self.stop_event)
+            await run_sink(self.config, self.kafka, self.stop_event)
 
         try:
             self.loop.run_until_complete(main())

@@ -1,4 +1,5 @@
-"""The command loop on the real broker and registry, with a small in-memory stand-in for Epic.
+"""The command loop on the real broker and registry, with the engine's Kafka pieces (group membership,
+partition feed, transaction helper) and a small in-memory stand-in for Epic.
 
 The stand-in only counts and records calls; what the loop guarantees is under test: one result per
 command, no second execution of a command id, intents before creates, dead letters for bad records.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,15 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from kafka_support import read_topic
+from kafka_support import Owner, read_topic
 
 from bridge.kafka.avro import load_schema
+from bridge.kafka.feed import PartitionFeed
+from bridge.kafka.membership import Membership, MembershipSettings
 from bridge.kafka.table import CompactedTable
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Committer, Record, Unit
 from bridge.sink.ledger import CommandLedger
 from bridge.sink.model import Command, Effect, Outcome, Status
 from bridge.sink.worker import SinkSettings, SinkWorker
@@ -34,12 +38,14 @@ class StandInEhr:
     """Creates resources in memory; remembers every call."""
 
     calls: list[tuple[str, bool]] = field(default_factory=list)
+    started: list[float] = field(default_factory=list)  # wall-clock time of each call
     created: list[str] = field(default_factory=list)
     running: int = 0
     max_running: int = 0
 
-    async def execute(self, command: Command, *, recovering: bool) -> Outcome:
+    async def execute(self, command: Command, *, recovering: bool, not_after: float | None = None) -> Outcome:
         self.calls.append((command.command_id, recovering))
+        self.started.append(time.time())
         self.running += 1
         self.max_running = max(self.max_running, self.running)
         await asyncio.sleep(0.05)
@@ -57,6 +63,7 @@ class Harness:
     results: str
     dlq: str
     ledger_topic: str
+    tasks_topic: str
     tmp: Path
     txid: str
     group: str
@@ -82,42 +89,52 @@ class Harness:
 
     async def run_until(self, results: int, dead: int = 0, timeout_s: float = 60) -> None:
         config = {"bootstrap.servers": self.bootstrap}
-        consumer = Consumer(
-            {
-                **config,
-                "group.id": self.group,
-                "enable.auto.commit": False,
-                "auto.offset.reset": "earliest",
-                "isolation.level": "read_committed",
-            }
+        owner = Owner()
+        membership = Membership(
+            config, MembershipSettings(self.group, "test"), {"sim": self.tasks_topic}, owner
         )
-        producer = TransactionalProducer(config, self.txid)
-        producer.init()
+        membership.start()
+        committer = Committer(config, self.txid, fencing=membership)
+        committer.start().result()
+        feed = PartitionFeed(config, self.group)
+        feed.start()
         table = CompactedTable(config, self.ledger_topic, self.tmp / f"ledger-{uuid.uuid4().hex}.db")
         table.catch_up(60)
-        worker = SinkWorker(
-            SinkSettings(
-                "sim", {self.commands: "Patient"}, self.results, self.dlq, concurrency=4, retry_pause_s=0.1
-            ),
-            consumer=consumer,
-            producer=producer,
-            ledger=CommandLedger(table, "sim"),
-            registry=self.registry,
-            executor=self.ehr,
-        )
         stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        deadline = asyncio.get_running_loop().time() + timeout_s
+        task: asyncio.Task[None] | None = None
         try:
+            assert await asyncio.to_thread(owner.owned.wait, 30), "the harness never owned the connection"
+            route = await feed.open("sim", "commands", [self.commands])
+            worker = SinkWorker(
+                SinkSettings(
+                    "sim",
+                    {self.commands: "Patient"},
+                    self.results,
+                    self.dlq,
+                    concurrency=4,
+                    retry_pause_s=0.1,
+                ),
+                route=route,
+                committer=committer,
+                ledger=CommandLedger(table, "sim"),
+                registry=self.registry,
+                executor=self.ehr,
+                topic_exists=lambda topic: topic in (self.results, self.dlq),
+            )
+            task = asyncio.create_task(worker.run(stop))
+            deadline = asyncio.get_running_loop().time() + timeout_s
             while len(self.read_results()) < results or len(read_topic(self.bootstrap, self.dlq)) < dead:
                 assert asyncio.get_running_loop().time() < deadline, "results did not arrive in time"
                 assert not task.done(), task.exception()
                 await asyncio.sleep(0.5)
         finally:
             stop.set()
-            await task
-            consumer.close()
-            producer.close()
+            if task is not None:
+                await task
+            await feed.close("sim")
+            feed.stop()
+            committer.close()
+            membership.stop()
             table.close()
 
     def read_results(self) -> list[dict[str, Any]]:
@@ -143,6 +160,7 @@ def harness(
         new_topic("results"),
         new_topic("dlq"),
         new_topic("_command-results", compacted=True),
+        new_topic("_tasks.sim", compacted=True),
         tmp_path,
         unique_name("sink"),
         unique_name("group"),
@@ -227,11 +245,12 @@ async def test_invalid_command_is_rejected_with_the_reason(harness: Harness) -> 
 @pytest.mark.integration
 async def test_an_intent_without_a_result_makes_the_next_attempt_recover(harness: Harness) -> None:
     # What a crash between "Epic created it" and "the result was committed" leaves behind.
-    producer = TransactionalProducer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-crashed")
-    producer.init()
-    with producer.transaction():
-        producer.produce(harness.ledger_topic, b'{"state":"intent","at":0}', key=b'["sim","c-crashed"]')
-    producer.close()
+    crashed = Committer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-crashed")
+    crashed.start().result()
+    crashed.commit_sync(
+        Unit([Record(harness.ledger_topic, b'["sim","c-crashed"]', b'{"state":"intent","at":0}')])
+    )
+    crashed.close()
     harness.send([(b"k", harness.command("c-crashed")), (b"k", harness.command("c-new"))])
     await harness.run_until(results=2)
     assert sorted(harness.ehr.calls) == [("c-crashed", True), ("c-new", False)]
@@ -247,3 +266,42 @@ async def test_same_key_runs_in_order_and_different_keys_concurrently(harness: H
         same_key = [f"c{i:02d}" for i in range(16) if i % 4 == k]
         assert [c for c in order if c in same_key] == same_key
     assert 1 < harness.ehr.max_running <= 4
+
+
+@pytest.mark.integration
+async def test_a_create_waits_out_the_previous_owners_promise_before_it_runs(harness: Harness) -> None:
+    """The previous owner committed an intent promising no create after `until`, then vanished: this owner
+    runs the command (recovering) only once `until` plus the settle time and the clock-skew margin passed."""
+    until_ms = int(time.time() * 1000) + 3000
+    crashed = Committer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-crashed")
+    crashed.start().result()
+    intent = json.dumps({"state": "intent", "at": until_ms - 60_000, "until": until_ms}).encode()
+    crashed.commit_sync(Unit([Record(harness.ledger_topic, b'["sim","c-in-flight"]', intent)]))
+    crashed.close()
+    harness.send([(b"k", harness.command("c-in-flight"))])
+    await harness.run_until(results=1)
+    assert harness.ehr.calls == [("c-in-flight", True)]
+    # SinkSettings defaults: settle 1 s, clock-skew margin 2 s
+    assert harness.ehr.started[0] >= until_ms / 1000 + 3.0
+
+
+@pytest.mark.integration
+async def test_a_record_read_again_after_its_result_was_committed_gets_no_second_result(
+    harness: Harness,
+) -> None:
+    """What a handover can leave: the result of a record is committed but the record is read again (its
+    offset not yet committed for the reader). It is recognised by the ledger's source and skipped; the
+    same command id sent again later is still answered, as a replay."""
+    harness.send([(b"k", harness.command("c-once"))])
+    [sent] = read_topic(harness.bootstrap, harness.commands, expect=1)
+    source = [harness.commands, sent.partition(), sent.offset()]
+    result = {"command_id": "c-once", "status": "SUCCEEDED"}  # what the ledger kept of its result
+    answered = json.dumps({"state": "done", "result": result, "source": source}).encode()
+    earlier = Committer({"bootstrap.servers": harness.bootstrap}, harness.txid + "-earlier")
+    earlier.start().result()
+    earlier.commit_sync(Unit([Record(harness.ledger_topic, b'["sim","c-once"]', answered)]))
+    earlier.close()
+    harness.send([(b"k", harness.command("c-after"))])
+    await harness.run_until(results=1)
+    assert [r["command_id"] for r in harness.read_results()] == ["c-after"]
+    assert [c for c, _ in harness.ehr.calls] == ["c-after"]

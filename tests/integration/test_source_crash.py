@@ -1,24 +1,23 @@
 """Crash safety of `epic-bridge run`: SIGKILL at random moments of a multi-page snapshot, restart,
-and the topics end up holding every change exactly once; SIGTERM stops cleanly."""
+and the topics end up holding every change exactly once; SIGTERM and Ctrl-C stop cleanly; a second
+process stands by and takes over; a process sharing another's instance id steps aside."""
 
 from __future__ import annotations
 
 import collections
-import os
 import random
 import re
 import shutil
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
+from process_support import BridgeProcess, readyz, wait_for
 from source_support import (
     RESOURCES,
     connection_config,
@@ -34,78 +33,6 @@ from bridge.source.fingerprint import fingerprint
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-class BridgeProcess:
-    """`epic-bridge run --only source` as a real subprocess."""
-
-    def __init__(self, config_dir: Path, env: dict[str, str], log: Path) -> None:
-        self.config_dir = config_dir
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bridge.cli",
-                    "--config-dir",
-                    str(self.config_dir),
-                    "--log-level",
-                    "INFO",
-                    "run",
-                    "--only",
-                    "source",
-                ],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=ROOT,
-            )
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def terminate(self, timeout_s: float = 60.0) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
-
-    def stop_quietly(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
-
-
-@pytest.fixture
-def bridge_env(kafka_bootstrap: str, registry_url: str, tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        {
-            "EPIC_BRIDGE_KAFKA_BOOTSTRAP": kafka_bootstrap,
-            "EPIC_BRIDGE_SCHEMA_REGISTRY_URL": registry_url,
-            "EPIC_BRIDGE_INSTANCE_ID": "crash-test",
-            "EPIC_BRIDGE_STATE_DIR": str(tmp_path / "state"),
-            "EPIC_BRIDGE_HTTP_PORT": "0",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    return env
-
-
-@pytest.fixture
-def processes() -> Iterator[list[BridgeProcess]]:
-    started: list[BridgeProcess] = []
-    yield started
-    for p in started:
-        p.stop_quietly()
-
 
 def expected_fingerprints(sim: Any) -> dict[tuple[str, str], str]:
     return {(r, rid): fingerprint(sim_read(sim, r, rid)) for r in RESOURCES for rid in sim_resources(sim, r)}
@@ -120,14 +47,6 @@ def events_by_resource(
         for e in events:
             grouped[(e["resource_type"], e["resource_id"])].append(e)
     return grouped
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(1.0)
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
@@ -163,7 +82,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         if (kills + terms) % 5 == 4:
             # a graceful stop mid-sync (once it polls): the open batch is committed, the process exits 0
             wait_for(
-                lambda at=offset: "caches of" in bridge.log.read_text()[at:],
+                lambda at=offset: "polling Patient" in bridge.log.read_text()[at:],
                 60,
                 "the bridge to start polling",
             )
@@ -263,7 +182,45 @@ def test_sigterm_stops_promptly_even_while_the_server_is_slow(
     assert all([e["trigger"] for e in v] == ["CREATED"] for v in grouped.values())
 
 
-def test_a_duplicate_worker_fences_the_old_one(
+def two_processes(
+    config_dir: Path,
+    env: dict[str, str],
+    tmp_path: Path,
+    processes: list[BridgeProcess],
+    instance: str | None,
+) -> tuple[BridgeProcess, BridgeProcess]:
+    """Two `epic-bridge run` on the same configs, with their own state; the second with `instance` as its
+    instance id (None: the same as the first)."""
+    second_env = {**env, "EPIC_BRIDGE_STATE_DIR": str(tmp_path / "s2")}
+    if instance is not None:
+        second_env["EPIC_BRIDGE_INSTANCE_ID"] = instance
+    pair = (
+        BridgeProcess(config_dir, env, tmp_path / "first.log"),
+        BridgeProcess(config_dir, second_env, tmp_path / "second.log"),
+    )
+    processes += pair
+    return pair
+
+
+def wait_for_an_update(
+    bootstrap: str, registry: SchemaRegistryClient, cfg: ConnectionConfig, who: str
+) -> None:
+    wait_for(
+        lambda: any(
+            e["trigger"] == "UPDATED"
+            for v in events_by_resource(bootstrap, registry, cfg).values()
+            for e in v
+        ),
+        60,
+        f"{who} to publish the change",
+    )
+
+
+def cancel_an_encounter(sim: Any) -> None:
+    sim_update(sim, {**sim_read(sim, "Encounter", sim_resources(sim, "Encounter")[0]), "status": "cancelled"})
+
+
+def test_a_second_process_stands_by_and_takes_over_at_once_on_sigterm(
     epic_sim_factory: Callable[..., Any],
     kafka_bootstrap: str,
     schema_registry: SchemaRegistryClient,
@@ -272,48 +229,147 @@ def test_a_duplicate_worker_fences_the_old_one(
     bridge_env: dict[str, str],
     processes: list[BridgeProcess],
 ) -> None:
-    """A second bridge instance running the same connection takes over every poll task's
-    transactional.id: the first one's next transaction is refused, it stops those tasks (saying so on
-    /readyz, without crash-looping) and nothing is published twice."""
+    """Two processes on the same config: one owns the connection, the other says on /readyz that it
+    stands by. SIGTERM to the owner commits its batches, leaves the group, and the standby takes over
+    within seconds (not a session timeout): nothing is published twice, nothing missed."""
     sim = epic_sim_factory(profile="epic", patients=3, seed=8)
     config_dir = tmp_path / "configs"
     config_dir.mkdir()
     cfg = connection_config(sim, config_dir, name="dup", prefix=unique_name("src"), initial_sync="snapshot")
-    old = BridgeProcess(config_dir, bridge_env, tmp_path / "old.log")
-    other = {
-        **bridge_env,
-        "EPIC_BRIDGE_INSTANCE_ID": "second-instance",
-        "EPIC_BRIDGE_STATE_DIR": str(tmp_path / "s2"),
-    }
-    new = BridgeProcess(config_dir, other, tmp_path / "new.log")
-    processes += [old, new]
-    old.start()
-    wait_for(lambda: "dup/encounter: cycle 2" in old.log.read_text(), 60, "the first instance to poll")
-    new.start()
-    wait_for(
-        lambda: old.log.read_text().count("another instance took over this task") == len(RESOURCES),
-        60,
-        "the first instance to stop its fenced tasks",
-    )
-    assert old.proc is not None and old.proc.poll() is None  # alive, not crash-looping
-    url = re.search(r"serving (http://[0-9.]+:[0-9]+)", old.log.read_text())
-    assert url is not None
-    ready = httpx.get(url.group(1) + "/readyz", timeout=15)
-    assert ready.status_code == 503 and "taken over by another instance" in ready.text
+    first, second = two_processes(config_dir, bridge_env, tmp_path, processes, "second-instance")
+    first.start()
+    wait_for(lambda: "dup/encounter: cycle 2" in first.log.read_text(), 60, "the first process to poll")
+    second.start()
+    wait_for(lambda: "joining the group" in second.log.read_text(), 60, "the second process to join")
+    wait_for(lambda: readyz(second.log).status_code == 200, 30, "the second process to be ready")
+    ready = readyz(second.log)
+    assert ready.status_code == 200 and "another instance owns this connection" in ready.text, ready.text
+    assert "polling" not in second.log.read_text()
 
     expected = expected_fingerprints(sim)
-    sim_update(sim, {**sim_read(sim, "Encounter", sim_resources(sim, "Encounter")[0]), "status": "cancelled"})
-    wait_for(
-        lambda: any(
-            e["trigger"] == "UPDATED"
-            for v in events_by_resource(kafka_bootstrap, schema_registry, cfg).values()
-            for e in v
-        ),
-        60,
-        "the new instance to publish the change",
+    started = time.monotonic()
+    assert first.terminate() == 0
+    wait_for(lambda: "dup/encounter: cycle" in second.log.read_text(), 30, "the takeover")
+    assert time.monotonic() - started < 6, "the handover waited for a session timeout"
+    cancel_an_encounter(sim)
+    wait_for_an_update(kafka_bootstrap, schema_registry, cfg, "the second process")
+    assert second.terminate() == 0
+    grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+    assert set(grouped) == set(expected)
+    assert sum(len(v) for v in grouped.values()) == len(expected) + 1  # nothing twice
+
+
+def test_a_killed_owner_is_replaced_within_the_session_timeout(
+    epic_sim_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    """SIGKILL the owner in the middle of its snapshot: the standby resumes from the last committed
+    cursor once the session timed out (6 s here), and every resource is published exactly once."""
+    sim = epic_sim_factory(profile="epic", patients=12, seed=10)
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    cfg = connection_config(
+        sim, config_dir, name="kill", prefix=unique_name("src"), initial_sync="snapshot",
+        source={"page_size": 3, "batch_max_resources": 20, "batch_max_seconds": 1},
+    )  # fmt: skip
+    first, second = two_processes(config_dir, bridge_env, tmp_path, processes, "standby")
+    first.start()
+    wait_for(lambda: "committed" in first.log.read_text(), 60, "the first commits")
+    second.start()
+    wait_for(lambda: "joining the group" in second.log.read_text(), 60, "the second process to join")
+    wait_for(lambda: "standby" in readyz(second.log).text, 30, "the second process to stand by")
+    first.kill()
+    killed = time.monotonic()
+    wait_for(lambda: "took over kill" in second.log.read_text(), 60, "the takeover")
+    # the session timeout (6 s) plus the time to settle the killed process's open transaction
+    assert time.monotonic() - killed < 6 + 10 + 5
+    expected = expected_fingerprints(sim)
+
+    def complete() -> bool:
+        grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+        return all(grouped.get(key) and grouped[key][-1]["fingerprint"] == fp for key, fp in expected.items())
+
+    wait_for(complete, 180, "every resource on the topics")
+    assert second.terminate() == 0
+    grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
+    assert set(grouped) == set(expected)
+    assert all([e["trigger"] for e in events] == ["CREATED"] for events in grouped.values()), (
+        "published twice"
     )
+
+
+def test_a_process_started_with_another_ones_instance_id_steps_aside(
+    epic_sim_factory: Callable[..., Any],
+    kafka_bootstrap: str,
+    schema_registry: SchemaRegistryClient,
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    """Two processes with the same EPIC_BRIDGE_INSTANCE_ID share one transactional.id: the newer one
+    fences the older, which then commits nothing, leaves the group (so the newer gets the work), stays up
+    without crash-looping and says why on /readyz. Nothing is published twice."""
+    sim = epic_sim_factory(profile="epic", patients=3, seed=8)
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    cfg = connection_config(sim, config_dir, name="twin", prefix=unique_name("src"), initial_sync="snapshot")
+    old, new = two_processes(config_dir, bridge_env, tmp_path, processes, None)
+    old.start()
+    wait_for(lambda: "twin/encounter: cycle 2" in old.log.read_text(), 60, "the first process to poll")
+    new.start()
+    wait_for(lambda: "commits nothing any more" in old.log.read_text(), 60, "the older process to be fenced")
+    wait_for(lambda: "twin/encounter: cycle" in new.log.read_text(), 60, "the newer process to take the work")
+    assert old.proc is not None and old.proc.poll() is None  # alive, not crash-looping
+    ready = readyz(old.log)
+    assert ready.status_code == 503 and "another process uses the instance id" in ready.text, ready.text
+
+    expected = expected_fingerprints(sim)
+    cancel_an_encounter(sim)
+    wait_for_an_update(kafka_bootstrap, schema_registry, cfg, "the newer process")
     assert new.terminate() == 0
     assert old.terminate() == 0
     grouped = events_by_resource(kafka_bootstrap, schema_registry, cfg)
     assert set(grouped) == set(expected)
     assert sum(len(v) for v in grouped.values()) == len(expected) + 1  # nothing twice
+
+
+def test_ctrl_c_during_per_patient_scans_is_a_clean_stop(
+    epic_sim_factory: Callable[..., Any],
+    unique_name: Callable[[str], str],
+    tmp_path: Path,
+    bridge_env: dict[str, str],
+    processes: list[BridgeProcess],
+) -> None:
+    """Ctrl-C in a terminal sends SIGINT to the whole process group, and a supervising script (like
+    `make run`) forwards its own SIGTERM right after. That is one stop request: while searches are in
+    flight, page after page, the open batches are committed and the process exits 0, never "stopped by
+    an unexpected error"."""
+    sim = epic_sim_factory(profile="epic", patients=12, seed=9)
+    sim.set_faults(rules=[{"kind": "latency", "latency_ms": 20, "method": "GET"}])
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    connection_config(
+        sim, config_dir, name="ctrlc", prefix=unique_name("src"), initial_sync="snapshot",
+        source={"page_size": 2, "batch_max_resources": 10, "batch_max_seconds": 1},
+    )  # fmt: skip
+    bridge = BridgeProcess(config_dir, bridge_env, tmp_path / "bridge.log")
+    processes.append(bridge)
+    rng = random.Random(7)
+    for stop in range(10):
+        offset = bridge.log.stat().st_size if bridge.log.exists() else 0
+        bridge.start()
+        wait_for(lambda at=offset: "polling Observation" in bridge.log.read_text()[at:], 60, "the poll tasks")
+        time.sleep(rng.uniform(0.0, 1.5))
+        assert bridge.proc is not None
+        bridge.proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+        bridge.proc.send_signal(signal.SIGTERM)
+        code = bridge.proc.wait(timeout=60)
+        text = bridge.log.read_text()[offset:]
+        assert code == 0 and "unexpected error" not in text and "Traceback" not in text, (stop, text[-4000:])

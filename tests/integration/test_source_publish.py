@@ -15,7 +15,7 @@ from kafka_support import read_topic
 
 from bridge.kafka.avro import TopicCodec, load_schema
 from bridge.kafka.table import CompactedTable
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Committer
 from bridge.source.cursors import CursorStore
 from bridge.source.detect import detect_changes
 from bridge.source.publish import BatchPublisher
@@ -31,7 +31,7 @@ class Source:
     publisher: BatchPublisher
     seen: SeenStore
     cursors: CursorStore
-    producer: TransactionalProducer
+    committer: Committer
 
 
 @pytest.fixture
@@ -51,14 +51,15 @@ def start_source(
     unique_name: Callable[[str], str],
     tmp_path: Path,
 ) -> Iterator[Callable[[], Source]]:
-    """Starts a source the way a worker (re)starts: fence, then rebuild the caches from the topics."""
+    """Starts a source the way a process (re)starts: register its transactional id (which fences the
+    previous run), then rebuild the caches from the topics."""
     config = {"bootstrap.servers": kafka_bootstrap}
     txid = unique_name("poll-task")
     started: list[Source] = []
 
     def start() -> Source:
-        producer = TransactionalProducer(config, txid)
-        producer.init()
+        committer = Committer(config, txid)
+        committer.start().result()
         state_table = CompactedTable(config, topics["state"], tmp_path / f"state-{len(started)}.db")
         offsets_table = CompactedTable(config, topics["offsets"], tmp_path / f"offsets-{len(started)}.db")
         state_table.catch_up(60)
@@ -66,15 +67,15 @@ def start_source(
         seen, cursors = SeenStore(state_table), CursorStore(offsets_table)
         codec = TopicCodec(schema_registry, topics["events"], load_schema("patient_event.avsc"))
         publisher = BatchPublisher(
-            connection="sim", producer=producer, codecs={"Patient": codec}, seen=seen, cursors=cursors
+            connection="sim", committer=committer, codecs={"Patient": codec}, seen=seen, cursors=cursors
         )
-        source = Source(publisher, seen, cursors, producer)
+        source = Source(publisher, seen, cursors, committer)
         started.append(source)
         return source
 
     yield start
     for source in started:
-        source.producer.close()
+        source.committer.close()
 
 
 def poll_once(source: Source, resources: list[dict[str, Any]], position: int) -> int:

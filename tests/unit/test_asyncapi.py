@@ -64,7 +64,8 @@ def test_payloads_reference_every_schema_and_dlq_headers_are_the_sinks() -> None
     assert list(headers["properties"]) == [name for name, _ in written] == list(dlq.HEADERS)
     compacted = {c["address"] for c in document["channels"].values() if "bindings" in c}
     assert compacted == {topics.offsets_topic("{prefix}"), topics.state_topic("{prefix}"),
-                         topics.command_results_topic("{prefix}")}  # fmt: skip
+                         topics.command_results_topic("{prefix}"),
+                         topics.tasks_topic("{prefix}", "{connection}")}  # fmt: skip
 
 
 def validator() -> Path:

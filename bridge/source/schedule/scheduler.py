@@ -25,7 +25,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, 
 from dataclasses import dataclass
 
 from bridge.kafka.table import Write
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Record
 from bridge.metrics import Metrics
 from bridge.source.schedule.codec import (
     Keys,
@@ -181,17 +181,22 @@ class Scheduler:
         return out
 
     # -- exactly once ----------------------------------------------------------------------------
-    def stage(self, producer: TransactionalProducer, writes: Iterable[Write]) -> None:
-        """Produce schedule writes into the open transaction (the one carrying the scans' events)."""
-        self._store.stage(producer, writes)
+    def records(self, writes: Iterable[Write]) -> list[Record]:
+        """Schedule writes as records of the transaction carrying the scans' events (bridge.kafka.txn)."""
+        return self._store.records(writes)
 
-    def applied(self, writes: Sequence[Write]) -> None:
-        """The transaction that carried `writes` committed: store them, and free their units."""
-        self._store.apply(writes)
+    def committed(self, writes: Sequence[Write]) -> None:
+        """The transaction that carried `writes` committed (the helper updated the cache): free their
+        units."""
         for key, value in writes:
             if key in self._pending and self._pending[key] is value:
                 del self._pending[key]
             self._leased.discard(key)
+
+    def applied(self, writes: Sequence[Write]) -> None:
+        """Without Kafka (models, tools): store `writes` as if committed, and free their units."""
+        self._store.apply(writes)
+        self.committed(writes)
 
     def aborted(self) -> None:
         """The open transaction was aborted: forget its writes (the units are scanned again)."""

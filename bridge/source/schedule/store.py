@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.kafka.table import CompactedTable, Write
-from bridge.kafka.transactions import TransactionalProducer
+from bridge.kafka.txn import Record
 from bridge.source.schedule.codec import MEMBER, UnitKind, connection_prefix, member_key, prefix
 
 _PAGE_CACHE_KIB = 8 * 1024
@@ -44,18 +44,25 @@ CREATE TABLE IF NOT EXISTS schedule_index (
 CREATE INDEX IF NOT EXISTS schedule_by_due ON schedule_index (conn, due);
 CREATE INDEX IF NOT EXISTS schedule_by_stale ON schedule_index (conn, stale);
 """
+# Delete, then insert: a trigger's own conflict clause gives way to that of the statement firing it (the
+# cache's upsert), so "INSERT OR REPLACE" would not replace here.
 _ROW = """
-    INSERT OR REPLACE INTO schedule_index (key, conn, kind, due, scanned, stale, cost, load)
+    DELETE FROM schedule_index WHERE key = NEW.key;
+    INSERT INTO schedule_index (key, conn, kind, due, scanned, stale, cost, load)
     SELECT NEW.key, json_extract(k, '$[0]'), json_extract(k, '$[1]') || '/' || json_extract(k, '$[2]'),
            json_extract(v, '$.d'), json_extract(v, '$.s'),
            coalesce(json_extract(v, '$.s'), json_extract(v, '$.a')),
            json_extract(v, '$.k'), json_extract(v, '$.k') * json_extract(v, '$.w')
     FROM (SELECT CAST(NEW.key AS TEXT) AS k, CAST(NEW.value AS TEXT) AS v);
 """
-_IS_UNIT = "json_extract(CAST(NEW.key AS TEXT), '$[1]') != ''"
+# A deleted key stays in the cache as a row without a value (a tombstone keeps its offset): not indexed.
+_IS_UNIT = "json_extract(CAST(NEW.key AS TEXT), '$[1]') != '' AND NEW.value IS NOT NULL"
 _TRIGGERS = f"""
 CREATE TRIGGER IF NOT EXISTS schedule_index_insert AFTER INSERT ON kv WHEN {_IS_UNIT} BEGIN {_ROW} END;
 CREATE TRIGGER IF NOT EXISTS schedule_index_update AFTER UPDATE ON kv WHEN {_IS_UNIT} BEGIN {_ROW} END;
+CREATE TRIGGER IF NOT EXISTS schedule_index_tombstone AFTER UPDATE ON kv WHEN NEW.value IS NULL BEGIN
+    DELETE FROM schedule_index WHERE key = OLD.key;
+END;
 CREATE TRIGGER IF NOT EXISTS schedule_index_delete AFTER DELETE ON kv BEGIN
     DELETE FROM schedule_index WHERE key = OLD.key;
 END;
@@ -83,6 +90,7 @@ class ScheduleStore:
     def __init__(self, table: CompactedTable, db_path: Path) -> None:
         """`table` caches the schedule topic in `db_path` (the same file: the index lives beside it)."""
         self._table = table
+        self._local = 0  # positions of writes applied without Kafka (see apply)
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         self._db.execute(f"PRAGMA cache_size=-{_PAGE_CACHE_KIB}")
         self._db.execute("PRAGMA busy_timeout=30000")
@@ -104,7 +112,7 @@ class ScheduleStore:
     def _rebuild(self) -> None:
         """Index a cache that has rows from before the index existed (re-inserting fires the trigger)."""
         self._db.execute("BEGIN")
-        self._db.execute("UPDATE kv SET value = value")
+        self._db.execute("UPDATE kv SET value = value WHERE value IS NOT NULL")
         self._db.execute("COMMIT")
 
     # -- reads -----------------------------------------------------------------------------------
@@ -173,14 +181,17 @@ class ScheduleStore:
                 yield key, value
 
     # -- writes ----------------------------------------------------------------------------------
-    def stage(self, producer: TransactionalProducer, writes: Iterable[Write]) -> None:
-        """Produce schedule writes into the producer's open transaction (apply them after its commit)."""
-        for key, value in writes:
-            producer.produce(self._table.topic, value, key=key)
+    def records(self, writes: Iterable[Write]) -> list[Record]:
+        """Schedule writes as records of the transaction that carries the scans (bridge.kafka.txn); the
+        transaction helper applies them to the cache once it committed (the index follows by trigger)."""
+        return [Record(self._table.topic, key, value, table=self._table) for key, value in writes]
 
     def apply(self, writes: Iterable[Write]) -> None:
-        """Record writes that are committed in the topic (the index follows by trigger)."""
-        self._table.apply(writes)
+        """Record writes as if committed, without Kafka (models and tools): at local positions, which a
+        write read from the topic later always replaces."""
+        start = self._local
+        self._local += 1_000_000
+        self._table.apply((key, value, -1, start + n) for n, (key, value) in enumerate(writes))
 
     def catch_up(self, timeout_s: float = 120.0) -> int:
         return self._table.catch_up(timeout_s)

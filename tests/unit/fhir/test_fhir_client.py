@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +17,7 @@ from bridge.fhir.errors import (
     FHIRConnectionError,
     FHIRForbidden,
     FHIRNotFound,
+    FHIRNotSent,
     FHIRProtocolError,
     FHIRRateLimited,
     FHIRServerError,
@@ -352,3 +354,15 @@ async def test_ids_and_types_are_validated_before_any_request() -> None:
     with pytest.raises(ValueError, match="not a FHIR resource type"):
         await c.read("patient/../x", "1")
     assert rec.requests == []
+
+
+async def test_a_create_is_never_sent_after_its_not_after_time() -> None:
+    """The sink promises, in a create's intent, not to send it after a time: the client checks the clock
+    once the request is ready to go (budget passed, token on), and refuses it rather than send it late."""
+    rec = Recorder(lambda r: httpx.Response(201, headers={"Location": BASE + "Patient/eNEW"}))
+    c, _ = client(rec)
+    with pytest.raises(FHIRNotSent, match="not sent"):
+        await c.create("Patient", {"resourceType": "Patient"}, not_after=time.monotonic() - 0.01)
+    assert rec.requests == []
+    result = await c.create("Patient", {"resourceType": "Patient"}, not_after=time.monotonic() + 30)
+    assert result.id == "eNEW" and len(rec.requests) == 1

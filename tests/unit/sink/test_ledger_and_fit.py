@@ -11,18 +11,15 @@ import fastavro
 
 from bridge.kafka.avro import load_schema
 from bridge.kafka.table import CompactedTable
+from bridge.kafka.txn import Record
 from bridge.sink.fit import fit_result
 from bridge.sink.ledger import DAY_MS, CommandLedger
 
 
-class Recorder:
-    """Stands in for the transactional producer: keeps what was produced."""
-
-    def __init__(self) -> None:
-        self.records: list[tuple[str, bytes | None, bytes | None]] = []
-
-    def produce(self, topic: str, value: bytes | None, key: bytes | None = None) -> None:
-        self.records.append((topic, key, value))
+def committed(table: CompactedTable, records: list[Record]) -> None:
+    """Apply records to the cache as the transaction helper does once they committed."""
+    offset = len(table) + 100
+    table.apply((r.key or b"", r.value, 0, offset + n) for n, r in enumerate(records))
 
 
 def _result(**over: Any) -> dict[str, Any]:
@@ -52,14 +49,14 @@ def test_the_ledger_keeps_no_resources_and_forgets_after_its_window(tmp_path: Pa
     now = [1_000 * DAY_MS]
     table = CompactedTable({}, "ledger", tmp_path / "ledger.db")
     ledger = CommandLedger(table, "conn", window_days=2, clock_ms=lambda: now[0])
-    producer = Recorder()
-    ledger.apply([ledger.stage_result(producer, "c1", _result())])  # type: ignore[arg-type]
-    assert b"Secret" not in producer.records[0][2]  # type: ignore[operator]
+    result = ledger.result("c1", _result(), ("t.commands", 0, 7))
+    committed(table, [result])
+    assert result.value is not None and b"Secret" not in result.value
     replay = ledger.lookup(["c1"])["c1"].result
     assert replay is not None and replay["resource_ids"] == ["p1"] and replay["resources_json"] == []
     assert "read the 1 resource(s) by id" in replay["warnings"][0]
 
-    ledger.apply([ledger.stage_marker(producer, "Observation", False)])  # type: ignore[arg-type]
+    committed(table, [ledger.marker("Observation", False)])
     now[0] += 3 * DAY_MS
     assert ledger.lookup(["c1"]) == {}  # past the window: a re-sent id runs again
     assert ledger.prune() == 1

@@ -64,9 +64,12 @@ def test_the_open_batch_overlays_the_store_so_an_id_seen_twice_before_a_commit_c
 def test_the_seen_patients_roster_walks_the_cache_in_id_order_a_chunk_at_a_time(tmp_path: Path) -> None:
     table = CompactedTable({"bootstrap.servers": "unused:9"}, "t._state", tmp_path / "state.db")
     ids = [f"e{i:03d}.x-{i % 7}" for i in range(250)]
-    table.apply([(state_key("c1", "Patient", i), b'{"fp":"x"}') for i in ids])
+    table.apply([(state_key("c1", "Patient", i), b'{"fp":"x"}', 0, n) for n, i in enumerate(ids)])
     table.apply(
-        [(state_key("c1", "Encounter", "zz"), b'{"fp":"x"}'), (state_key("c2", "Patient", "a"), b"{}")]
+        [
+            (state_key("c1", "Encounter", "zz"), b'{"fp":"x"}', 1, 0),
+            (state_key("c2", "Patient", "a"), b"{}", 2, 0),
+        ]
     )
     seen = SeenStore(table)
     walked: list[str] = []

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from bridge.cli import build_parser, cmd_run
-from bridge.runtime import sink_runner
+from bridge.config import ConnectionConfig
+from bridge.kafka.context import KafkaContext, KafkaSettings
+from bridge.runtime import Runtime
 
 
 def test_run_takes_connections_and_a_side() -> None:
@@ -15,6 +19,30 @@ def test_run_takes_connections_and_a_side() -> None:
     assert (args.connection, args.only) == (None, None)
 
 
-def test_the_sink_side_is_found_when_it_is_part_of_the_build() -> None:
-    runner = sink_runner()
-    assert runner is not None and runner.__name__ == "run_sink"
+def test_one_engine_per_prefix_in_one_group_with_a_transactional_id_per_process(
+    make_config: Callable[..., ConnectionConfig],
+) -> None:
+    configs = [
+        make_config(name="a", topic_prefix="p1"),
+        make_config(name="b", topic_prefix="p1"),
+        make_config(name="c", topic_prefix="p2"),
+    ]
+    kafka = KafkaContext(KafkaSettings(kafka_bootstrap="unused:9", instance_id="host-1"))
+    runtime = Runtime(configs, kafka)
+    assert {p: [c.name for c in e.configs] for p, e in runtime.engines.items()} == {
+        "p1": ["a", "b"],
+        "p2": ["c"],
+    }
+    engine = runtime.engines["p1"]
+    assert (engine.group, engine.transactional_id, engine.owner_key) == (
+        "epic-bridge.p1",
+        "epic-bridge.host-1.p1",
+        "_owner",
+    )
+    # processes running one side only form a group of their own, so each side of a connection has an owner
+    sink_only = Runtime(configs, kafka, sides=frozenset({"sink"})).engines["p1"]
+    assert (sink_only.group, sink_only.transactional_id, sink_only.owner_key) == (
+        "epic-bridge.p1.sink",
+        "epic-bridge.host-1.p1.sink",
+        "_owner.sink",
+    )
