@@ -147,9 +147,12 @@ def test_a_real_prometheus_scrapes_the_running_bridge(stack: object, tmp_path: P
 
             def events_in_prometheus() -> bool:
                 try:
-                    body = api.get("/query", params={"query": "sum(epic_bridge_events_total)"}).json()
+                    answer = api.get("/query", params={"query": "sum(epic_bridge_events_total)"})
                 except httpx.HTTPError:
                     return False
+                if answer.status_code != 200:  # 503 until Prometheus has loaded its storage
+                    return False
+                body = answer.json()
                 results = body.get("data", {}).get("result", [])
                 return bool(results) and float(results[0]["value"][1]) > 0
 
