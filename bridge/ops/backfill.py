@@ -3,14 +3,17 @@
 For a downstream system that lost its data or joins late. It scans the resource exactly as the poller
 does (the same plan: only supported parameters, per patient on Epic) and publishes every resource found
 as an event with `snapshot: true` (trigger CREATED), through a transaction helper (bridge.kafka.txn) of its
-own transactional.id. The
-fingerprints it records are the ones the poller would record, so the running poller does not announce
-the same content again. `--since` narrows the scan with `_lastUpdated` or `date` where the server
-supports them (otherwise everything is re-published).
+own transactional.id. The fingerprints it records are the ones the poller would record, so the poller
+does not announce the same content again. `--since` narrows the scan with `_lastUpdated` or `date` where
+the server supports them (otherwise everything is re-published).
+
+It runs while no bridge process runs the connection's poll tasks, and refuses to start otherwise
+(bridge.ops.exclusive): its commits are not fenced by the owner's group.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import tempfile
@@ -29,6 +32,7 @@ from bridge.kafka.context import KafkaContext
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import events_topic, offsets_topic, state_topic
 from bridge.kafka.txn import Committer
+from bridge.ops.exclusive import refuse_if_owned
 from bridge.source.cursors import CursorStore
 from bridge.source.detect import Change
 from bridge.source.events import Trigger
@@ -107,6 +111,11 @@ async def backfill(
     since: dt.date | None = None,
     progress: Progress | None = None,
 ) -> BackfillResult:
+    await asyncio.to_thread(
+        refuse_if_owned, kafka, cfg.topic_prefix, cfg.name, "backfill",
+        "Beside it, a backfill could publish an older snapshot after its newer UPDATED and leave a "
+        "fingerprint that makes it announce the same content again.",
+    )  # fmt: skip
     progress = progress or Progress()
     run_id = uuid.uuid4().hex
     caps = await connection.fhir.capabilities()

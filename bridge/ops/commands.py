@@ -110,18 +110,27 @@ def cmd_status(args: argparse.Namespace, settings: BridgeSettings) -> int:
 
 
 def cmd_reset_cursor(args: argparse.Namespace, settings: BridgeSettings) -> int:
-    from bridge.ops.status import reset_cursor
+    from bridge.errors import BridgeError
+    from bridge.ops.reset import reset_cursor
 
     cfg = load_connection(settings.config_dir, args.connection)
     if not args.yes:
         print(
-            f"this makes {cfg.name}/{args.task} start its next cycle from the beginning (nothing already\n"
-            "published is emitted again). Stop the bridge first, then repeat with --yes.",
+            f"this makes {cfg.name}/{args.task} re-scan everything in its next cycle and publish what\n"
+            "changed since it was last published. Stop every bridge instance that runs this connection\n"
+            "first, then repeat with --yes.",
             file=sys.stderr,
         )
         return EXIT_USAGE
-    reset_cursor(_kafka(settings), cfg.topic_prefix, cfg.name, args.task)
-    print(f"cursor of {cfg.name}/{args.task} deleted")
+    try:
+        reset = reset_cursor(_kafka(settings), cfg.topic_prefix, cfg.name, args.task)
+    except BridgeError as exc:
+        print(f"epic-bridge reset-cursor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"{cfg.name}/{args.task}: its next cycle ({reset.cursor.cycle}) re-scans everything; "
+        f"{reset.marks} per-patient mark(s) deleted"
+    )
     return EXIT_OK
 
 
@@ -182,7 +191,14 @@ def cmd_backfill(args: argparse.Namespace, settings: BridgeSettings) -> int:
             if web is not None:
                 web.stop()
 
-    result = asyncio.run(run())
+    from bridge.ops.exclusive import ConnectionOwned
+    from bridge.ops.owners import OwnersUnknown
+
+    try:
+        result = asyncio.run(run())
+    except (ConnectionOwned, OwnersUnknown) as exc:
+        print(f"epic-bridge backfill: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(f"published {result.events} snapshot events (backfill run {result.run_id})")
     return EXIT_OK
 
@@ -199,6 +215,20 @@ def _credential_store(settings: BridgeSettings, cfg: Any) -> Any:
 
 
 RESOURCES = ["Patient", "Appointment", "Encounter", "Observation", "DocumentReference"]
+
+RESET_HELP = """\
+Re-scan: the task's next cycle reads every roster patient (or the whole server, for an unanchored
+search) without a _lastUpdated bound or a date window; its per-patient marks are deleted and its cursor
+starts a fresh cycle. The fingerprints in <prefix>._state are kept, so only real differences are
+published: a changed resource as UPDATED, one never seen as CREATED, nothing for the rest. Nothing is
+recorded as a silent baseline, except first sights while the connection's initial from-now sync has
+not finished yet.
+
+To re-publish everything as snapshot events, use `epic-bridge backfill` instead.
+
+Refused (exit 1, naming the instance) while a bridge instance runs this connection's poll tasks: it
+would write its own cursor back. Stop every instance of its group that has this connection, reset,
+then start them again."""
 
 
 def cmd_asyncapi(args: argparse.Namespace, settings: BridgeSettings) -> int:
@@ -246,7 +276,14 @@ def add_ops_commands(sub: Any) -> None:
     c.add_argument("--metrics-url", help="the running bridge's /metrics (default: from EPIC_BRIDGE_HTTP_*)")
     c.set_defaults(func=cmd_status)
 
-    c = sub.add_parser("backfill", help="re-publish existing data as snapshot events")
+    c = sub.add_parser(
+        "backfill",
+        help="re-publish existing data as snapshot events (refused while a bridge runs the connection)",
+        description="Re-publish every resource found as an event with snapshot: true (trigger CREATED), "
+        "recording the fingerprints the poller would record. Refused (exit 1, naming the instance) while "
+        "a bridge instance runs this connection's poll tasks: stop every instance of its group that has "
+        "this connection first.",
+    )
     c.add_argument("connection")
     c.add_argument("resource", help="Patient, Appointment, Encounter, Observation or DocumentReference")
     c.add_argument(
@@ -259,8 +296,13 @@ def add_ops_commands(sub: Any) -> None:
     c.add_argument("--check", action="store_true", help="only check that --out is up to date (exit 1 if not)")
     c.set_defaults(func=cmd_asyncapi)
 
-    c = sub.add_parser("reset-cursor", help="make a poll task start over (stop the bridge first)")
+    c = sub.add_parser(
+        "reset-cursor",
+        help="make a poll task re-scan everything and publish what changed (refused while a bridge runs it)",
+        description=RESET_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     c.add_argument("connection")
     c.add_argument("task", help="the task, as `epic-bridge status` names it (e.g. patient)")
-    c.add_argument("--yes", action="store_true", help="really delete the cursor")
+    c.add_argument("--yes", action="store_true", help="really reset it")
     c.set_defaults(func=cmd_reset_cursor)

@@ -15,10 +15,20 @@ from typing import Any
 
 from confluent_kafka import KafkaException
 
+from bridge.errors import BridgeError
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.topics import tasks_topic
 
 ROLES = {"": "_owner", "source": "_owner.source", "sink": "_owner.sink"}
+
+
+class OwnersUnknown(BridgeError):
+    """The group coordinator could not say who owns the connections."""
+
+
+def group_of(prefix: str, role: str) -> str:
+    """The consumer group of the processes of `prefix` started with `--only <role>` ("" for both sides)."""
+    return ".".join(["epic-bridge", prefix, *([role] if role else [])])
 
 
 @dataclass(frozen=True)
@@ -37,11 +47,14 @@ def owners(
     connections: Iterable[str],
     cursors: Mapping[tuple[str, str], Mapping[str, Any]],
     timeout_s: float = 10.0,
+    *,
+    strict: bool = False,
 ) -> list[Owner]:
     """One row per connection and group that has, or had, an owner; a connection nobody ever owned gets
-    one row without an owner."""
-    groups = {role: ".".join(["epic-bridge", prefix, *([role] if role else [])]) for role in ROLES}
-    live = _assignments(kafka, list(groups.values()), timeout_s)
+    one row without an owner. A group the coordinator cannot describe counts as having no member, unless
+    `strict` (OwnersUnknown)."""
+    groups = {role: group_of(prefix, role) for role in ROLES}
+    live = _assignments(kafka, list(groups.values()), timeout_s, strict)
     rows: list[Owner] = []
     for name in sorted(connections):
         mine: list[Owner] = []
@@ -59,7 +72,7 @@ def owners(
 
 
 def _assignments(
-    kafka: KafkaContext, groups: list[str], timeout_s: float
+    kafka: KafkaContext, groups: list[str], timeout_s: float, strict: bool
 ) -> dict[str, dict[str, tuple[str, str]]]:
     """group -> {_tasks topic -> (instance, host)} for the live members of each group."""
     found: dict[str, dict[str, tuple[str, str]]] = {}
@@ -67,7 +80,9 @@ def _assignments(
     for group, future in futures.items():
         try:
             description = future.result(timeout=timeout_s + 5)
-        except KafkaException:
+        except (KafkaException, TimeoutError) as exc:
+            if strict:
+                raise OwnersUnknown(f"the group coordinator did not describe {group}: {exc}") from exc
             continue
         topics: dict[str, tuple[str, str]] = {}
         for member in description.members:

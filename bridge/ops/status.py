@@ -1,6 +1,5 @@
 """`epic-bridge status`: which bridge process owns each connection and since when (bridge.ops.owners),
-and where every poll task stands, from the `_offsets` topic and a running bridge's /metrics. Also the
-cursor reset."""
+and where every poll task stands, from the `_offsets` topic and a running bridge's /metrics."""
 
 from __future__ import annotations
 
@@ -13,14 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.kafka.context import KafkaContext
 from bridge.kafka.table import CompactedTable
 from bridge.kafka.topics import offsets_topic
 from bridge.ops.owners import Owner
-from bridge.source.cursors import CursorStore, cursor_key
+from bridge.source.cursors import CursorStore
 
 
 @dataclass
@@ -161,13 +159,3 @@ def render_owners(rows: list[Owner]) -> Any:
             "-" if not last else f"{last.get('instance')} since {last.get('since')}",
         )
     return table
-
-
-def reset_cursor(kafka: KafkaContext, prefix: str, connection: str, task: str) -> None:
-    """Delete a task's cursor (a tombstone in `<prefix>._offsets`): its next cycle starts from the
-    beginning. What was already published stays known in `_state`, so nothing is emitted twice; stop
-    the bridge first, or its running task writes the cursor again."""
-    producer = Producer(dict(kafka.config))
-    producer.produce(offsets_topic(prefix), key=cursor_key(connection, task), value=None)
-    if producer.flush(30) != 0:
-        raise RuntimeError("the tombstone was not delivered")

@@ -15,6 +15,10 @@ def cursor_key(connection: str, task: str) -> bytes:
     return json.dumps([connection, task], separators=(",", ":")).encode()
 
 
+def encode_cursor(cursor: Cursor) -> bytes:
+    return json.dumps(cursor, separators=(",", ":"), sort_keys=True).encode()
+
+
 class CursorStore:
     def __init__(self, table: CompactedTable) -> None:
         self._table = table
@@ -37,7 +41,7 @@ class CursorStore:
     def record(self, connection: str, task: str, cursor: Cursor | None) -> Record:
         """The write of an advanced cursor (None resets it: a tombstone)."""
         key = cursor_key(connection, task)
-        value = None if cursor is None else json.dumps(cursor, separators=(",", ":"), sort_keys=True).encode()
+        value = None if cursor is None else encode_cursor(cursor)
         return Record(self._table.topic, key, value, table=self._table)
 
     def all(self) -> dict[tuple[str, str], Cursor]:

@@ -77,3 +77,9 @@ class CycleState:
             full = (moment - parse_iso(last_full)).total_seconds() >= full_every_s
         since = iso(started - dt.timedelta(seconds=overlap_s)) if uses_since else None
         return CycleState(self.cycle + 1, None, False, since, None, full, last_full)
+
+    def rescan(self) -> CycleState:
+        """A fresh cycle that reads everything again (an operator's reset): no ``_lastUpdated`` bound, no
+        date window, every roster patient. ``initial`` is kept: once the initial sync finished, what the
+        re-scan finds that differs from the state store is announced, never taken as a silent baseline."""
+        return CycleState(self.cycle + 1, None, self.initial, None, None, True, self.last_full)

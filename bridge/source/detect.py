@@ -17,7 +17,7 @@ class Change:
     resource: Mapping[str, Any]
     fingerprint: str
     patient_id: str | None
-    # None: recorded silently (the baseline of an initial sync in from-now mode)
+    # None: recorded silently (first sight during the initial sync in from-now mode)
     trigger: Trigger | None
     previous: Seen | None = None  # what the state store had; None on first sight
 
@@ -45,8 +45,11 @@ def detect_changes(
 ) -> list[Change]:
     """First sight of an id → CREATED; a different fingerprint → UPDATED; the same → nothing.
 
-    `known` holds what the state store had for these ids. An id that appears twice in one batch (pages
-    can overlap while the server's data changes) counts once, with its last content.
+    `known` holds what the state store had for these ids. `silent` (the initial sync in from-now mode)
+    records first sights without an event; a fingerprint already recorded is the baseline, so a change to
+    it is announced even then (e.g. when an interrupted or reset initial sync reads it again). An id that
+    appears twice in one batch (pages can overlap while the server's data changes) counts once, with its
+    last content.
     """
     latest: dict[str, Mapping[str, Any]] = {}
     for resource in resources:
@@ -59,6 +62,6 @@ def detect_changes(
         before = known.get(rid)
         if before is not None and before.fingerprint == fp:
             continue
-        trigger = None if silent else (Trigger.CREATED if before is None else Trigger.UPDATED)
+        trigger = Trigger.UPDATED if before is not None else None if silent else Trigger.CREATED
         changes.append(Change(resource, fp, patient_id_of(resource), trigger, before))
     return changes

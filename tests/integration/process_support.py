@@ -80,6 +80,14 @@ def bridge_environment(kafka_bootstrap: str, registry_url: str, tmp_path: Path) 
     return env
 
 
+def epic_bridge(config_dir: Path, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """One operator command (`epic-bridge <args>`) run to its end as a real subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "bridge.cli", "--config-dir", str(config_dir), *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +20,12 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 from bridge.auth.keys import generate_key_pair, load_private_key
 from bridge.config.models import ConnectionConfig
 from bridge.connection import Connection
+from bridge.engine.prefix import PrefixEngine, Side
 from bridge.kafka.context import KafkaContext, KafkaSettings
 from bridge.kafka.internal import InternalTables
 from bridge.kafka.topics import ensure_topics, events_topic, internal_topic_specs
 from bridge.kafka.txn import Committer
+from bridge.metrics import Metrics
 from bridge.source.service import SourceService
 
 ALL_SCOPES = [
@@ -137,6 +141,27 @@ class SourceRun:
     def close(self) -> None:
         self.committer.close()
         self.tables.close()
+
+
+@asynccontextmanager
+async def owning_engine(
+    cfg: ConnectionConfig, kafka: KafkaContext, sides: frozenset[Side] = frozenset({"source", "sink"})
+) -> AsyncIterator[PrefixEngine]:
+    """The engine `epic-bridge run` runs for `cfg`'s prefix, in this process, from the moment it owns the
+    connection and runs its worker until the block ends (it then leaves the group)."""
+    engine = PrefixEngine(cfg.topic_prefix, [cfg], kafka, sides=sides, store=None, metrics=Metrics())
+    stop = asyncio.Event()
+    running = asyncio.create_task(engine.run(stop))
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while (worker := engine.workers.get(cfg.name)) is None or not worker.running:
+            assert not running.done(), running.exception()
+            assert asyncio.get_running_loop().time() < deadline, "the engine did not take the connection"
+            await asyncio.sleep(0.2)
+        yield engine
+    finally:
+        stop.set()
+        await running
 
 
 def read_all_events(

@@ -1,5 +1,5 @@
 """`epic-bridge status` reads cursors from the real `_offsets` topic and the bridge's /metrics;
-`reset-cursor` deletes one."""
+`reset-cursor` starts a fresh full cycle of a task."""
 
 from __future__ import annotations
 
@@ -13,21 +13,21 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient
 from prometheus_client import generate_latest
-from source_support import connection_config, kafka_context
+from source_support import connection_config, kafka_context, owning_engine
 
-from bridge.engine.prefix import PrefixEngine
 from bridge.kafka.context import KafkaContext, KafkaSettings
 from bridge.kafka.topics import TopicSpec, ensure_topics, offsets_topic
 from bridge.kafka.transactions import TransactionalProducer
 from bridge.metrics import Metrics
 from bridge.ops.owners import Owner, owners
-from bridge.ops.status import read_cursors, reset_cursor, scrape, statuses
+from bridge.ops.reset import reset_cursor
+from bridge.ops.status import read_cursors, scrape, statuses
 from bridge.source.cursors import cursor_key
 from bridge.web import WebResponse, WebServer
 
 
 @pytest.mark.integration
-def test_status_merges_cursors_and_metrics_and_reset_deletes_a_cursor(
+def test_status_merges_cursors_and_metrics_and_reset_starts_a_full_cycle(
     kafka_bootstrap: str, registry_url: str, kafka_admin: AdminClient, unique_name: Callable[[str], str]
 ) -> None:
     prefix = f"st{uuid.uuid4().hex[:8]}"
@@ -64,8 +64,16 @@ def test_status_merges_cursors_and_metrics_and_reset_deletes_a_cursor(
     assert rows["patient"].events == 5 and rows["patient"].last_poll is not None
     assert rows["encounter"].errors == 1 and rows["encounter"].patient_marks == 2
 
-    reset_cursor(kafka, prefix, "prod", "patient")
-    assert ("prod", "patient") not in read_cursors(kafka, prefix)
+    assert reset_cursor(kafka, prefix, "prod", "encounter").marks == 2
+    rows = {row.task: row for row in statuses(read_cursors(kafka, prefix), scraped, ["prod"])}
+    assert rows["encounter"].patient_marks == 0
+    assert rows["encounter"].cursor == {
+        "cycle": 3, "started": None, "initial": True, "since": None, "after": None, "full": True,
+        "last_full": None, "position": "cycle=3",
+    }  # fmt: skip
+    # the other task and the other connection are untouched
+    assert rows["patient"].cursor == {"cycle": 4, "position": "cycle=4;after=p9"}
+    assert read_cursors(kafka, prefix)[("other", "patient")] == {"cycle": 1}
     assert scrape("http://127.0.0.1:9/metrics").reachable is False
 
 
@@ -77,25 +85,15 @@ async def test_status_names_the_live_owner_of_each_connection_and_since_when(
     prefix = f"own{uuid.uuid4().hex[:8]}"
     cfg = connection_config(sim, tmp_path, name="owned", prefix=prefix)
     kafka = kafka_context(kafka_bootstrap, registry_url, tmp_path / "state", instance="status-test")
-    engine = PrefixEngine(
-        prefix, [cfg], kafka, sides=frozenset({"source", "sink"}), store=None, metrics=Metrics()
-    )
-    stop = asyncio.Event()
-    running = asyncio.create_task(engine.run(stop))
 
     async def rows() -> dict[str, Owner]:
         cursors = await asyncio.to_thread(read_cursors, kafka, prefix)
         found = await asyncio.to_thread(owners, kafka, prefix, ["owned", "never"], cursors)
         return {row.connection: row for row in found}
 
-    try:
+    async with owning_engine(cfg, kafka):  # topics made, owned
         deadline = asyncio.get_running_loop().time() + 60
-        while (worker := engine.workers.get("owned")) is None or not worker.running:  # topics made, owned
-            assert not running.done(), running.exception()
-            assert asyncio.get_running_loop().time() < deadline
-            await asyncio.sleep(0.2)
         while (now := await rows())["owned"].since is None:
-            assert not running.done(), running.exception()
             assert asyncio.get_running_loop().time() < deadline, now
             await asyncio.sleep(0.5)
         owned = now["owned"]
@@ -103,9 +101,6 @@ async def test_status_names_the_live_owner_of_each_connection_and_since_when(
         assert owned.host and owned.since.endswith("Z")
         never = now["never"]
         assert (never.instance, never.since, never.last_known) == (None, None, None)
-    finally:
-        stop.set()
-        await running
     after = (await rows())["owned"]  # left the group: nobody runs it, the record says who did
     assert after.instance is None and after.last_known is not None
     assert after.last_known["instance"] == "status-test"

@@ -45,8 +45,26 @@ def test_full_scans_come_back_on_their_interval() -> None:
     assert later.full
 
 
+def test_a_rescan_is_a_fresh_full_cycle_that_keeps_whether_the_initial_sync_finished() -> None:
+    midway = CycleState().begin(T0).patient_done("p2")
+    done = midway.next_cycle(overlap_s=300, uses_since=True, full_every_s=3600, moment=T0)
+    done = done.begin(T0 + dt.timedelta(minutes=5)).patient_done("p7")
+    fresh = done.rescan()
+    assert (fresh.cycle, fresh.started, fresh.since, fresh.after) == (3, None, None, None)
+    assert fresh.full and not fresh.initial and fresh.last_full == done.last_full
+    assert midway.rescan().initial  # an unfinished initial sync stays the initial sync
+
+
 def resource(rid: str, family: str) -> dict[str, object]:
     return {"resourceType": "Patient", "id": rid, "name": [{"family": family}]}
+
+
+def test_a_silent_baseline_only_ever_silences_first_sights() -> None:
+    recorded = detect_changes([resource("a", "Lin")], {}, silent=True)
+    assert [c.trigger for c in recorded] == [None]
+    known = {"a": recorded[0].seen()}
+    changes = detect_changes([resource("a", "Lin-2"), resource("b", "Lopez")], known, silent=True)
+    assert [(c.resource_id, c.trigger) for c in changes] == [("a", Trigger.UPDATED), ("b", None)]
 
 
 def test_the_open_batch_overlays_the_store_so_an_id_seen_twice_before_a_commit_counts_once() -> None:
