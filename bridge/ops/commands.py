@@ -278,7 +278,7 @@ def add_ops_commands(sub: Any) -> None:
 
     c = sub.add_parser(
         "backfill",
-        help="re-publish existing data as snapshot events (refused while a bridge runs the connection)",
+        help="re-publish existing data as snapshot events (refused while a bridge polls the connection)",
         description="Re-publish every resource found as an event with snapshot: true (trigger CREATED), "
         "recording the fingerprints the poller would record. Refused (exit 1, naming the instance) while "
         "a bridge instance runs this connection's poll tasks: stop every instance of its group that has "
@@ -298,7 +298,7 @@ def add_ops_commands(sub: Any) -> None:
 
     c = sub.add_parser(
         "reset-cursor",
-        help="make a poll task re-scan everything and publish what changed (refused while a bridge runs it)",
+        help="make a poll task re-scan everything and publish what changed (refused while a bridge polls it)",
         description=RESET_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -1,5 +1,6 @@
 """`epic-bridge backfill` re-publishes existing data as snapshot events, against the real simulator,
-broker and registry, without making the poller announce it again."""
+broker and registry, without making the poller announce it again; it is refused while a bridge owns the
+connection."""
 
 from __future__ import annotations
 
@@ -11,10 +12,20 @@ from typing import Any
 
 import pytest
 from confluent_kafka.schema_registry import SchemaRegistryClient
-from source_support import SourceRun, connection_config, kafka_context, read_events, sim_resources, topic_of
+from process_support import bridge_environment, epic_bridge
+from source_support import (
+    SourceRun,
+    connection_config,
+    kafka_context,
+    owning_engine,
+    read_events,
+    sim_resources,
+    topic_of,
+)
 
 from bridge.connection import Connection
 from bridge.ops.backfill import BackfillResult, Progress, backfill
+from bridge.ops.exclusive import ConnectionOwned
 
 
 def run_backfill(
@@ -73,3 +84,35 @@ def test_backfill_republishes_everything_as_snapshots_once(
     assert run_backfill(cfg, kafka, "DocumentReference", since=tomorrow)[0].events == 0
     requests = sim.requests()
     assert any("_lastUpdated" in r["query"] for r in requests if r["path"].endswith("/DocumentReference"))
+
+
+@pytest.mark.integration
+async def test_backfill_is_refused_while_a_bridge_owns_the_connection_and_runs_once_none_does(
+    epic_sim_factory: Any,
+    kafka_bootstrap: str,
+    registry_url: str,
+    schema_registry: SchemaRegistryClient,
+    tmp_path: Path,
+) -> None:
+    sim = epic_sim_factory(patients=2, seed=13)
+    cfg = connection_config(sim, tmp_path, prefix=f"bf{uuid.uuid4().hex[:8]}", resources={"Encounter": {}})
+    kafka = kafka_context(kafka_bootstrap, registry_url, tmp_path / "state", instance="backfill-owner")
+    env = bridge_environment(kafka_bootstrap, registry_url, tmp_path / "cli")
+    topic = topic_of(cfg, "encounter")
+    encounters = set(sim_resources(sim, "Encounter"))
+    async with owning_engine(cfg, kafka):
+        owner = f"backfill refused: .*instance backfill-owner on .*group epic-bridge.{cfg.topic_prefix}"
+        with pytest.raises(ConnectionOwned, match=owner):
+            async with await Connection.open(cfg) as connection:
+                await backfill(cfg, "Encounter", kafka, connection)
+        cli = await asyncio.to_thread(epic_bridge, tmp_path, env, "backfill", cfg.name, "Encounter")
+        assert cli.returncode == 1, cli.stdout + cli.stderr
+        assert "backfill refused" in cli.stderr and "backfill-owner" in cli.stderr and "Stop" in cli.stderr
+    before = read_events(kafka_bootstrap, schema_registry, topic)  # the owner's own events
+    assert not any(e["snapshot"] for e in before)  # the refused backfills published nothing
+
+    # the owner stopped (it left the group): the same command re-publishes every encounter
+    cli = await asyncio.to_thread(epic_bridge, tmp_path, env, "backfill", cfg.name, "Encounter")
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+    events = read_events(kafka_bootstrap, schema_registry, topic, expect=len(before) + len(encounters))
+    assert sorted(e["resource_id"] for e in events if e["snapshot"]) == sorted(encounters)

@@ -26,6 +26,7 @@ from source_support import (
 )
 
 from bridge.ops.exclusive import ConnectionOwned
+from bridge.ops.owners import owners
 from bridge.ops.reset import reset_cursor
 from bridge.ops.status import read_cursors
 
@@ -104,7 +105,8 @@ async def test_a_reset_is_refused_while_a_bridge_owns_the_connection(
     epic_sim_factory: Any, kafka_bootstrap: str, registry_url: str, tmp_path: Path
 ) -> None:
     sim = epic_sim_factory(patients=2, seed=7)
-    cfg = connection_config(sim, tmp_path, prefix=f"rs{uuid.uuid4().hex[:8]}", resources={"Encounter": {}})
+    resources = {"Encounter": {}, "Patient": {"triggers": [], "actions": ["find"]}}  # one poll task, a sink
+    cfg = connection_config(sim, tmp_path, prefix=f"rs{uuid.uuid4().hex[:8]}", resources=resources)
     kafka = kafka_context(kafka_bootstrap, registry_url, tmp_path / "state", instance="reset-owner")
     env = bridge_environment(kafka_bootstrap, registry_url, tmp_path / "cli")
     reset = ("reset-cursor", cfg.name, "encounter", "--yes")
@@ -119,8 +121,14 @@ async def test_a_reset_is_refused_while_a_bridge_owns_the_connection(
         cli = await asyncio.to_thread(epic_bridge, tmp_path, env, *reset)
         assert cli.returncode == 1, cli.stdout + cli.stderr
         assert "reset-cursor refused" in cli.stderr and "reset-owner" in cli.stderr and "Stop" in cli.stderr
-    # once the owner stopped, the same command resets the task
-    cli = await asyncio.to_thread(epic_bridge, tmp_path, env, *reset)
+    # the owner stopped; an instance that runs only the sink side (`--only sink`) writes no cursor
+    sink_only = kafka_context(kafka_bootstrap, registry_url, tmp_path / "sink", instance="sink-owner")
+    async with owning_engine(cfg, sink_only, frozenset({"sink"})):
+        found = await asyncio.to_thread(owners, kafka, cfg.topic_prefix, [cfg.name], {})
+        assert [(o.group, o.instance) for o in found if o.instance] == [
+            (f"epic-bridge.{cfg.topic_prefix}.sink", "sink-owner")
+        ]
+        cli = await asyncio.to_thread(epic_bridge, tmp_path, env, *reset)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     after = (await asyncio.to_thread(read_cursors, kafka, cfg.topic_prefix))[(cfg.name, "encounter")]
     assert after["full"] and after["started"] is None and after["after"] is None

@@ -20,7 +20,7 @@ from bridge.kafka.topics import TopicSpec, ensure_topics, offsets_topic
 from bridge.kafka.transactions import TransactionalProducer
 from bridge.metrics import Metrics
 from bridge.ops.owners import Owner, owners
-from bridge.ops.reset import reset_cursor
+from bridge.ops.reset import NothingToReset, reset_cursor
 from bridge.ops.status import read_cursors, scrape, statuses
 from bridge.source.cursors import cursor_key
 from bridge.web import WebResponse, WebServer
@@ -74,6 +74,10 @@ def test_status_merges_cursors_and_metrics_and_reset_starts_a_full_cycle(
     # the other task and the other connection are untouched
     assert rows["patient"].cursor == {"cycle": 4, "position": "cycle=4;after=p9"}
     assert read_cursors(kafka, prefix)[("other", "patient")] == {"cycle": 1}
+    with pytest.raises(
+        NothingToReset, match=r"prod/typo has no cursor .*\(tasks with one: encounter, patient\)"
+    ):
+        reset_cursor(kafka, prefix, "prod", "typo")
     assert scrape("http://127.0.0.1:9/metrics").reachable is False
 
 
