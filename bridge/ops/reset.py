@@ -19,12 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, Message, Producer
-
 from bridge.errors import BridgeError
 from bridge.kafka.context import KafkaContext
-from bridge.kafka.table import Write
 from bridge.kafka.topics import offsets_topic
+from bridge.kafka.transactions import TransactionalProducer
 from bridge.ops.exclusive import refuse_if_owned
 from bridge.ops.status import read_cursors
 from bridge.source.cursors import cursor_key, encode_cursor
@@ -50,31 +48,22 @@ def reset_cursor(kafka: KafkaContext, prefix: str, connection: str, task: str) -
     current = cursors.get((connection, task))
     marks = [name for (conn, name) in cursors if conn == connection and name.startswith(f"{task}:patient:")]
     if current is None and not marks:
-        tasks = sorted(name for (conn, name) in cursors if conn == connection and ":" not in name)
+        tasks = sorted(n for (c, n) in cursors if c == connection and ":" not in n and not n.startswith("_"))
         raise NothingToReset(
             f"{connection}/{task} has no cursor in {offsets_topic(prefix)} (tasks with one: "
             f"{', '.join(tasks) or 'none'}); its next cycle already reads everything"
         )
     fresh = CycleState.from_cursor(current).rescan() if current is not None else CycleState()
-    # marks first, the cursor last: a reset that fails half-way only widened some patients' next search
-    writes: list[Write] = [(cursor_key(connection, name), None) for name in marks]
-    if current is not None:
-        writes.append((cursor_key(connection, task), encode_cursor(fresh.to_cursor())))
-    _produce(kafka, offsets_topic(prefix), writes)
+    producer = TransactionalProducer(kafka.config, kafka.transactional_id(prefix, "reset", connection, task))
+    try:
+        producer.init()
+        with producer.transaction():  # all or nothing
+            for name in marks:
+                producer.produce(offsets_topic(prefix), None, key=cursor_key(connection, name))
+            if current is not None:
+                producer.produce(
+                    offsets_topic(prefix), encode_cursor(fresh.to_cursor()), key=cursor_key(connection, task)
+                )
+    finally:
+        producer.close()
     return Reset(fresh, len(marks))
-
-
-def _produce(kafka: KafkaContext, topic: str, writes: list[Write]) -> None:
-    failures: list[KafkaError] = []
-
-    def delivered(error: KafkaError | None, message: Message) -> None:
-        if error is not None:
-            failures.append(error)
-
-    producer = Producer({**kafka.config, "enable.idempotence": True})
-    for key, value in writes:
-        producer.produce(topic, key=key, value=value, on_delivery=delivered)
-        producer.poll(0)
-    if producer.flush(30) != 0 or failures:
-        reason = failures[0].str() if failures else "not delivered within 30s"
-        raise BridgeError(f"the reset was not completely written to {topic} ({reason}): run it again")
