@@ -7,8 +7,9 @@ own transactional.id. The fingerprints it records are the ones the poller would 
 does not announce the same content again. `--since` narrows the scan with `_lastUpdated` or `date` where
 the server supports them (otherwise everything is re-published).
 
-It runs while no bridge process runs the connection's poll tasks, and refuses to start otherwise
-(bridge.ops.exclusive): its commits are not fenced by the owner's group.
+It runs while no bridge process runs the connection's poll tasks (bridge.ops.exclusive): its commits are
+not fenced by the owner's group. It refuses to start beside one, and stops with that reason before its
+next batch when one started meanwhile (what it committed before stays published).
 """
 
 from __future__ import annotations
@@ -111,11 +112,14 @@ async def backfill(
     since: dt.date | None = None,
     progress: Progress | None = None,
 ) -> BackfillResult:
-    await asyncio.to_thread(
-        refuse_if_owned, kafka, cfg.topic_prefix, cfg.name, "backfill",
-        "Beside it, a backfill could publish an older snapshot after its newer UPDATED and leave a "
-        "fingerprint that makes it announce the same content again.",
-    )  # fmt: skip
+    async def unowned() -> None:
+        await asyncio.to_thread(
+            refuse_if_owned, kafka, cfg.topic_prefix, cfg.name, "backfill",
+            "Beside it, a backfill could publish an older snapshot after its newer UPDATED and leave a "
+            "fingerprint that makes it announce the same content again.",
+        )  # fmt: skip
+
+    await unowned()
     progress = progress or Progress()
     run_id = uuid.uuid4().hex
     caps = await connection.fhir.capabilities()
@@ -150,6 +154,7 @@ async def backfill(
             async def flush() -> None:
                 nonlocal events
                 if pending:
+                    await unowned()  # again before each batch: an owner may have started meanwhile
                     batch = list(pending.values())
                     pending.clear()
                     published = await publisher.publish_async(

@@ -281,8 +281,8 @@ def add_ops_commands(sub: Any) -> None:
         help="re-publish existing data as snapshot events (refused while a bridge polls the connection)",
         description="Re-publish every resource found as an event with snapshot: true (trigger CREATED), "
         "recording the fingerprints the poller would record. Refused (exit 1, naming the instance) while "
-        "a bridge instance runs this connection's poll tasks: stop every instance of its group that has "
-        "this connection first.",
+        "a bridge instance runs this connection's poll tasks, and stopped before its next batch if one "
+        "starts meanwhile: stop every instance of its group that has this connection first.",
     )
     c.add_argument("connection")
     c.add_argument("resource", help="Patient, Appointment, Encounter, Observation or DocumentReference")

@@ -116,3 +116,32 @@ async def test_backfill_is_refused_while_a_bridge_owns_the_connection_and_runs_o
     assert cli.returncode == 0, cli.stdout + cli.stderr
     events = read_events(kafka_bootstrap, schema_registry, topic, expect=len(before) + len(encounters))
     assert sorted(e["resource_id"] for e in events if e["snapshot"]) == sorted(encounters)
+
+
+@pytest.mark.integration
+async def test_a_backfill_stops_before_its_next_batch_once_a_bridge_took_the_connection(
+    epic_sim_factory: Any,
+    kafka_bootstrap: str,
+    registry_url: str,
+    schema_registry: SchemaRegistryClient,
+    tmp_path: Path,
+) -> None:
+    sim = epic_sim_factory(patients=10, seed=17)
+    # one request a second: the scan of ten patients outlasts the start of a bridge
+    cfg = connection_config(
+        sim, tmp_path, prefix=f"bf{uuid.uuid4().hex[:8]}", resources={"Encounter": {}}, rate=1.0
+    )
+    kafka = kafka_context(kafka_bootstrap, registry_url, tmp_path / "state", instance="late-owner")
+    SourceRun(cfg, kafka).close()  # the topics
+    scanning = asyncio.Event()
+    async with await Connection.open(cfg) as connection:
+        job = asyncio.create_task(
+            backfill(cfg, "Encounter", kafka, connection, progress=Progress(start=lambda _: scanning.set()))
+        )
+        await asyncio.wait_for(scanning.wait(), 60)
+        async with owning_engine(cfg, kafka):
+            assert not job.done()
+            with pytest.raises(ConnectionOwned, match=r"backfill refused: .*instance late-owner"):
+                await asyncio.wait_for(job, 120)
+    events = read_events(kafka_bootstrap, schema_registry, topic_of(cfg, "encounter"))
+    assert not any(e["snapshot"] for e in events)
