@@ -55,6 +55,10 @@ class Demo:
         return "".join(self.lines[-last:])
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @contextlib.contextmanager
 def running_demo(tmp_path: Path) -> Iterator[Demo]:
     state = tmp_path / "state"
@@ -75,6 +79,9 @@ def running_demo(tmp_path: Path) -> Iterator[Demo]:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, like a terminal's foreground job
+        # A terminal's shell has Ctrl-C at its default; a runner started in the background (nohup, CI)
+        # passes SIGINT down ignored, and a shell cannot trap a signal ignored on entry.
+        preexec_fn=_ctrl_c_as_in_a_terminal,
     )
     demo = Demo(process, env, state)
     assert process.stdout is not None
