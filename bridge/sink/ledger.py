@@ -135,6 +135,11 @@ class CommandLedger:
         value = {"state": "intent", "at": at_ms, "until": until_ms}
         return self._record(ledger_key(self.connection, command_id), value)
 
+    def withdrawn(self, command_id: str) -> Record:
+        """Deletes an intent whose command never ran (its owner stopped first): no create was sent, so the
+        next owner need not wait its promise out."""
+        return Record(self._table.topic, ledger_key(self.connection, command_id), None, table=self._table)
+
     def result(self, command_id: str, result: dict[str, Any], source: tuple[str, int, int]) -> Record:
         value = {
             "state": "done",

@@ -1,24 +1,31 @@
-"""The command loop of one connection: take a batch, execute it, publish one result per command, commit.
+"""The command loop of one connection: every command answered as soon as it is done, exactly once.
 
-Records come from the connection's route of the process's partition feed (bridge.kafka.feed), which
-reads them from the offsets its group committed; everything is committed through the process's
-transaction helper (bridge.kafka.txn), fenced by the connection's ownership. Per batch:
-1. decode every record (undecodable ones are dead-lettered) and look the command ids up in the ledger:
-   a command that already has a result is answered from it without calling Epic, and a record whose
-   result is already committed (read again after a handover) gets no second one;
-2. execute the rest concurrently, one task per record key (commands with the same key stay in order),
-   at most `concurrency` at once. Right before a command that may create anything runs, its *intent* is
-   committed with a promise: this owner sends no create for it after `until`. A command whose previous
-   owner may still be sending its create (an intent without a result) first waits out that promise;
-3. one unit: the results, the dead letters, the ledger results and the consumed offsets.
-If that unit cannot commit for a reason that may pass, the same batch is processed again after a pause (the
-ledger's intents make the second pass search before it creates, so a create is not repeated); if the
-connection was handed over meanwhile, the batch is dropped and its next owner reads it again.
+Records come from the connection's route of the process's partition feed (bridge.kafka.feed), which reads
+them from the offsets its group committed; everything is committed through the process's transaction
+helper (bridge.kafka.txn), fenced by the connection's ownership. Each record, once read:
+1. is decoded (an undecodable one is dead-lettered) and its command id looked up in the ledger: a command
+   that already has a result is answered from it without calling Epic, and a record whose own result is
+   already committed (read again after a crash or a handover) gets no second one;
+2. waits for the command before it with the same record key (commands with the same key run in order;
+   commands without a key are not ordered), then runs, at most `concurrency` at once. Before a command
+   that may create anything takes its turn, its *intent* is committed with a promise: this owner sends no
+   create for it after `until`. A command whose previous owner may still be sending its create (an intent
+   without a result) first waits out that promise. Intents commit while earlier commands still run, so at
+   full load they ride in the same transactions as other commands' results (the helper group-commits);
+3. as soon as it is done, its result, ledger entry and dead letter are committed, with the consumed
+   offsets that are safe to commit (bridge.sink.offsets): a slow command holds back no other result.
+At most `max_batch` records are read and not yet answered; beyond that the feed pauses the partitions.
+
+A result that cannot commit for a reason that may pass is committed again after a pause (it is final: the
+command is not run again); if the connection was handed over meanwhile, the run ends and the next owner
+reads every unanswered record again. On a stop, commands already running finish and commit; the others are
+left to the next owner, and the intents they had committed are withdrawn so it need not wait them out.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import time
@@ -26,30 +33,29 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from confluent_kafka import Message, TopicPartition
+from confluent_kafka import Message
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from bridge.kafka.avro import TopicCodec, load_schema
+from bridge.kafka.avro import TopicCodec
 from bridge.kafka.errors import KafkaGlueError, NotOwnedError, OwnershipRefusedError, ProducerFencedError
 from bridge.kafka.feed import Route
-from bridge.kafka.registry import (
-    ForeignSubjectError,
-    IncompatibleSchemaError,
-    is_transient,
-    register_owned_avro,
-)
+from bridge.kafka.registry import is_transient
 from bridge.kafka.txn import Committer, Record, Unit
 from bridge.sink.decode import DeadLetter, DeadLetterReason, RegistryUnavailable, decode_command, precheck
-from bridge.sink.dlq import dead_letter_headers
-from bridge.sink.fit import fit_result
 from bridge.sink.ledger import CommandLedger, Entry
 from bridge.sink.model import Command, ErrorInfo, Outcome, Source, Status, result_record
+from bridge.sink.offsets import OffsetBook, Position
+from bridge.sink.records import ResultRecords
 from bridge.sink.replies import ReplyPolicy
 from bridge.supervise import wait_or_stop
 
 log = logging.getLogger(__name__)
+
+# Errors after which this process may not commit for the connection: the run ends, whoever owns the
+# connection next reads every unanswered record again.
+NOT_OURS = (NotOwnedError, OwnershipRefusedError, ProducerFencedError)
 
 
 class CommandExecutor(Protocol):
@@ -61,7 +67,7 @@ class CommandExecutor(Protocol):
 
 
 class Abandoned(Exception):
-    """The batch cannot be finished here (the connection was handed over, or the process stops)."""
+    """The command cannot be finished here (the process stops, or hands the connection over)."""
 
 
 @dataclass(frozen=True)
@@ -70,9 +76,11 @@ class SinkSettings:
     command_topics: Mapping[str, str]  # topic -> FHIR resource type
     results_topic: str
     dlq_topic: str
-    max_batch: int = 200
+    max_batch: int = 200  # records read and not yet answered, at most
     max_command_bytes: int = 1_000_000
     concurrency: int = 8
+    # How long one wait for records lasts; records are handed over as soon as they arrive, so this only
+    # bounds how often an idle loop looks at its lag and its offsets.
     poll_timeout_s: float = 0.5
     retry_pause_s: float = 1.0
     deadline_s: Callable[[Command], float] = lambda _command: 60.0  # the executor's deadline of a command
@@ -95,9 +103,15 @@ class _Item:
     replay: dict[str, Any] | None = None
     recovering: bool = False
     previous_until_ms: int | None = None  # recovering: the previous owner's promise
-    answered: bool = False  # read again: its result is already committed
-    duplicate_of: int | None = None  # index of the earlier record with the same command id
+    duplicate_of: asyncio.Future[dict[str, Any]] | None = None  # the same command id, read before
+    answer: asyncio.Future[dict[str, Any]] | None = None  # its committed result, for later duplicates
+    intent: bool = False  # an intent was submitted for it
+    started: bool = False  # handed to the executor: it runs to its end
     received_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+    @property
+    def where(self) -> Position:
+        return (self.source.topic, self.source.partition, self.source.offset)
 
 
 class SinkWorker:
@@ -121,33 +135,76 @@ class SinkWorker:
         self._route = route
         self._committer = committer
         self._ledger = ledger
-        self._registry = registry
         self._executor = executor
-        self._topic_exists_now = topic_exists
         self._deserializer = AvroDeserializer(registry)
-        self._result_schema = load_schema("command_result.avsc")
-        self._codecs: dict[str, TopicCodec] = {}
-        self._replies = ReplyPolicy(settings.results_topic, settings.reply_topics, settings.topic_prefix)
-        self._known_topics: set[str] = set()
+        self._records = ResultRecords(
+            connection=settings.connection,
+            results_topic=settings.results_topic,
+            dlq_topic=settings.dlq_topic,
+            ledger=ledger,
+            registry=registry,
+            replies=ReplyPolicy(settings.results_topic, settings.reply_topics, settings.topic_prefix),
+            topic_exists=topic_exists,
+            max_message_bytes=settings.max_message_bytes,
+            topic_limit=topic_limit,
+            known=known,
+        )
         self._on_result = on_result
         self._on_lag = on_lag
         self._lag_reported = 0.0
-        self._topic_limit = topic_limit  # a topic's max.message.bytes, None when unknown
-        self._limits: dict[str, int] = {}
-        for topic, (codec, limit) in (known or {}).items():
-            if codec is not None:
-                self._codecs[topic] = codec
-            self._limits[topic] = min(limit or settings.max_message_bytes, settings.max_message_bytes)
-        self._stop = asyncio.Event()
+        self._halt = asyncio.Event()  # stop requested, or the loop failed: wind down
+        self._book = OffsetBook()
+        self._tasks: dict[asyncio.Task[None], _Item] = {}
+        self._tails: dict[bytes, asyncio.Future[None]] = {}  # per key: done when its last command is
+        self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}  # command id -> its result
+        self._slots = asyncio.Semaphore(settings.concurrency)  # commands running against the server
+        # Commands holding a committed intent while they wait for a slot: their intents commit while the
+        # slots are busy, so a create does not wait for its intent when its turn comes.
+        self._ahead = asyncio.Semaphore(settings.concurrency)
+        self._progress = asyncio.Event()  # a record was answered: room to read more
+        self._failure: BaseException | None = None
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        self._stop = stop
-        while not stop.is_set():
-            batch = await self._route.take(self.settings.max_batch, self.settings.poll_timeout_s)
-            if batch:
-                await self.handle(batch)
-            self._report_lag()
+        self._halt = asyncio.Event()
+        watch = asyncio.create_task(_relay(stop, self._halt))
+        try:
+            while not self._halt.is_set():
+                room = self.settings.max_batch - self._book.open()
+                if room <= 0:
+                    self._progress.clear()
+                    await self._until_woken(self._progress.wait(), self.settings.poll_timeout_s)
+                    continue
+                batch = await self._until_woken(
+                    self._route.take(room, self.settings.poll_timeout_s), self.settings.poll_timeout_s
+                )
+                if batch:
+                    await self._admit(batch)
+                elif not self._tasks:
+                    await self._tidy()
+                self._report_lag()
+        except BaseException:
+            await self._abandon(everything=True)
+            raise
+        finally:
+            watch.cancel()
+        await self._wind_down()
+        if self._failure is not None:
+            raise self._failure
+
+    async def _until_woken(self, step: Any, timeout_s: float) -> Any:
+        """`step`'s result, or None once stopped, failed or `timeout_s` passed (the step is cancelled)."""
+        work = asyncio.ensure_future(step)
+        halt = asyncio.ensure_future(self._halt.wait())
+        try:
+            await asyncio.wait([work, halt], timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            halt.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        return work.result() if work.done() and not work.cancelled() else None
 
     def _report_lag(self, every_s: float = 5.0) -> None:
         """Records not yet answered, per command topic (the feed refreshes the figures)."""
@@ -157,33 +214,38 @@ class SinkWorker:
         self._lag_reported = now
         self._on_lag(dict(self._route.lag))
 
-    async def handle(self, batch: list[Message]) -> None:
-        """Process one batch until it is committed; after a failure that may pass, the same batch again."""
+    # -- reading -----------------------------------------------------------------------------------
+    async def _admit(self, batch: list[Message]) -> None:
+        items: list[_Item] = []
+        for message in batch:
+            item = await self._decoded(message)
+            if item is None:
+                break  # stopping: this record and the ones after it are read again by whoever runs next
+            self._book.read(item.where)
+            items.append(item)
+        commands = [i.command for i in items if i.command is not None]
+        entries = self._ledger.lookup(c.command_id for c in commands)
+        for item in items:
+            if item.command is not None and self._plan(item, entries.get(item.command.command_id)):
+                self._book.settled(item.where)  # answered before: nothing to commit
+                continue
+            task = asyncio.create_task(self._handle(item))
+            self._tasks[task] = item
+            task.add_done_callback(self._finished)
+
+    async def _decoded(self, message: Message) -> _Item | None:
+        """The record as an item; a registry that cannot be asked is asked again after a pause (None once
+        stopped)."""
         pause = self.settings.retry_pause_s
         while True:
             try:
-                await self._process(batch)
-                return
-            except Abandoned:
-                return
-            except (NotOwnedError, OwnershipRefusedError, ProducerFencedError) as exc:
-                # Never go on past a batch that is not committed: this run ends, and whoever runs the
-                # connection next (a restart here, or its next owner) reads it again.
-                log.info("batch of %d commands not committed (%s); reading it again", len(batch), exc)
-                raise
-            except (KafkaGlueError, RegistryUnavailable) as exc:
-                if self._stop.is_set():
-                    return
-                log.warning("batch of %d commands is processed again in %.0fs: %s", len(batch), pause, exc)
-                await wait_or_stop(self._stop, pause)
+                return self._decode(message)
+            except RegistryUnavailable as exc:
+                log.warning("a command cannot be decoded now, trying again in %.0fs: %s", pause, exc)
+                await wait_or_stop(self._halt, pause)
+                if self._halt.is_set():
+                    return None
                 pause = min(pause * 2, self.settings.max_retry_pause_s)
-
-    # -- one batch ---------------------------------------------------------------------------------
-    async def _process(self, batch: list[Message]) -> None:
-        items = [self._decode(m) for m in batch]
-        self._plan(items)
-        await self._execute([i for i in items if self._runs(i)])
-        await self._publish(items, batch)
 
     def _decode(self, message: Message) -> _Item:
         topic = str(message.topic())
@@ -209,94 +271,168 @@ class SinkWorker:
             item.dead = DeadLetter(DeadLetterReason.UNDECODABLE, f"{type(exc).__name__}: {exc}")
         return item
 
-    def _plan(self, items: list[_Item]) -> None:
-        commands = [i.command for i in items if i.command is not None]
-        entries: dict[str, Entry] = self._ledger.lookup(c.command_id for c in commands)
-        first_index: dict[str, int] = {}
-        for index, item in enumerate(items):
-            command = item.command
-            if command is None:
-                continue
-            if command.command_id in first_index:
-                item.duplicate_of = first_index[command.command_id]
-                continue
-            first_index[command.command_id] = index
-            entry = entries.get(command.command_id)
-            if entry is not None and entry.result is not None:
-                if entry.source == (item.source.topic, item.source.partition, item.source.offset):
-                    item.answered = True  # this very record was answered before a handover
-                else:
-                    item.replay = entry.result
-                continue
-            item.recovering = entry is not None and entry.intent
-            item.previous_until_ms = entry.until_ms if entry is not None and entry.intent else None
-            checked = precheck(command)
-            if isinstance(checked, Outcome):
-                item.outcome = checked
-            elif command.reply_topic is not None and (problem := self._reply_problem(command.reply_topic)):
-                item.outcome = Outcome.rejected(problem)
-            else:
-                item.command = checked
-
-    @staticmethod
-    def _runs(item: _Item) -> bool:
-        return (
-            item.command is not None
-            and item.outcome is None
-            and item.replay is None
-            and item.duplicate_of is None
-            and not item.answered
-        )
-
-    async def _promise(self, item: _Item) -> float | None:
-        """For a command that may create: wait out a previous owner's promise, then commit this owner's
-        intent. Returns the time.monotonic() value after which no create may be sent (None: no create)."""
+    def _plan(self, item: _Item, entry: Entry | None) -> bool:
+        """What the ledger and the commands in progress say about this record; True when it was answered
+        before (read again after a crash or a handover) and needs nothing more."""
         command = item.command
         assert command is not None
-        if not command.action.may_create:
-            return None
-        if item.previous_until_ms is not None:
-            ready_ms = (
-                item.previous_until_ms + (self.settings.settle_s + self.settings.clock_skew_margin_s) * 1000
+        earlier = self._answers.get(command.command_id)
+        if earlier is not None:
+            item.duplicate_of = earlier
+            return False
+        if entry is not None and entry.result is not None:
+            if entry.source == item.where:
+                return True
+            item.replay = entry.result
+            return False
+        item.recovering = entry is not None and entry.intent
+        item.previous_until_ms = entry.until_ms if entry is not None and entry.intent else None
+        item.answer = self._answers[command.command_id] = asyncio.get_running_loop().create_future()
+        return False
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        item = self._tasks.pop(task)
+        self._progress.set()
+        if item.answer is not None and not item.answer.done():
+            item.answer.cancel()  # abandoned: a later duplicate is left to the next run too
+        if item.command is not None and self._answers.get(item.command.command_id) is item.answer:
+            del self._answers[item.command.command_id]
+        if task.cancelled():
+            return
+        failure = task.exception()
+        if failure is not None and not isinstance(failure, Abandoned) and self._failure is None:
+            self._failure = failure
+            self._halt.set()
+            log.log(
+                logging.INFO if isinstance(failure, NOT_OURS) else logging.ERROR,
+                "the command loop ends (%s: %s); unanswered records are read again",
+                type(failure).__name__,
+                failure,
             )
-            wait_s = (ready_ms - _now_ms()) / 1000
-            if wait_s > 0:
-                log.info(
-                    "command %s: its create may be in flight at the previous owner; waiting %.0fs",
-                    command.command_id,
-                    wait_s,
-                )
-                await wait_or_stop(self._stop, wait_s)
-                if self._stop.is_set():
-                    raise Abandoned("stopping")
-        window_s = self.settings.deadline_s(command) + self.settings.promise_grace_s
-        at_ms, not_after = _now_ms(), time.monotonic() + window_s
-        intent = self._ledger.intent(command.command_id, at_ms, at_ms + int(window_s * 1000))
-        await self._committer.commit(Unit([intent], owner=self.settings.connection, label="intent"))
-        return not_after
 
-    async def _execute(self, items: list[_Item]) -> None:
-        by_key: dict[bytes | None, list[_Item]] = {}
-        for item in items:
-            by_key.setdefault(item.source.key, []).append(item)
-        limit = asyncio.Semaphore(self.settings.concurrency)
-
-        async def run_in_order(group: list[_Item]) -> None:
-            for item in group:
-                async with limit:
-                    item.outcome = await self._execute_one(item)
-
-        tasks = [asyncio.ensure_future(run_in_order(group)) for group in by_key.values()]
-        try:
-            await asyncio.gather(*tasks)
-        finally:  # one failed (its intent could not commit): the batch is abandoned, stop the others
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _execute_one(self, item: _Item) -> Outcome:
+    # -- one record --------------------------------------------------------------------------------
+    async def _handle(self, item: _Item) -> None:
+        if item.dead is not None:
+            dead = self._records.dead_letter(item.dead, item.source, item.message.value())
+            await self._commit(item, (None, [dead]))
+            return
         assert item.command is not None
-        not_after = await self._promise(item)  # a failure here abandons the batch: no answer yet
+        previous, turn = self._queue(item.source.key)
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)  # cancelling this command must not cancel the one before
+            records = await self._result_records(item, await self._answer(item))
+        except BaseException:
+            _done(turn)
+            raise
+        await self._commit(item, records, turn)
+
+    def _queue(self, key: bytes | None) -> tuple[asyncio.Future[None] | None, asyncio.Future[None]]:
+        """Behind the last command with the same key (None: no key, no order): (what to wait for, the
+        future to complete once this command's result is on its way)."""
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if key is None:
+            return None, turn
+        previous = self._tails.get(key)
+        self._tails[key] = turn
+
+        def forget(_done: asyncio.Future[None]) -> None:
+            if self._tails.get(key) is turn:
+                del self._tails[key]
+
+        turn.add_done_callback(forget)
+        return previous, turn
+
+    async def _answer(self, item: _Item) -> dict[str, Any]:
+        """The result for the record: run the command, or replay the result it already has."""
+        command = item.command
+        assert command is not None
+        if item.duplicate_of is not None:
+            return {**(await asyncio.shield(item.duplicate_of)), "replayed": True, "attempts": 0}
+        if item.replay is not None:
+            return {**item.replay, "replayed": True, "attempts": 0}
+        outcome = await self._checked(command)
+        if isinstance(outcome, Command):
+            item.command = command = outcome
+            outcome = await self._run(item)
+        item.outcome = outcome
+        return result_record(
+            command, self.settings.connection, outcome, item.received_at, dt.datetime.now(dt.UTC)
+        )
+
+    async def _checked(self, command: Command) -> Command | Outcome:
+        """The command ready to run, or the outcome it gets without running (REJECTED)."""
+        checked = precheck(command)
+        if isinstance(checked, Outcome) or command.reply_topic is None:
+            return checked
+        problem = await self._retrying(lambda: self._records.reply_problem(str(command.reply_topic)))
+        return checked if problem is None else Outcome.rejected(problem)
+
+    async def _run(self, item: _Item) -> Outcome:
+        command = item.command
+        assert command is not None
+        not_after: float | None = None
+        if command.action.may_create:
+            await self._wait_for_previous_owner(item)
+            async with self._ahead:
+                not_after = await self._promise(item)
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
+        try:
+            if not_after is not None and not_after - time.monotonic() < self.settings.deadline_s(command):
+                not_after = await self._promise(item)  # it waited long for its turn: promise afresh
+            item.started = True
+            return await self._execute(item, not_after)
+        finally:
+            self._slots.release()
+
+    async def _wait_for_previous_owner(self, item: _Item) -> None:
+        """A previous owner may still send this command's create until its promise ran out (plus the
+        settle time and the clock-skew margin)."""
+        if item.previous_until_ms is None:
+            return
+        assert item.command is not None
+        ready_ms = (
+            item.previous_until_ms + (self.settings.settle_s + self.settings.clock_skew_margin_s) * 1000
+        )
+        wait_s = (ready_ms - _now_ms()) / 1000
+        if wait_s <= 0:
+            return
+        log.info(
+            "command %s: its create may be in flight at the previous owner; waiting %.0fs",
+            item.command.command_id,
+            wait_s,
+        )
+        await self._pause(wait_s)
+
+    async def _promise(self, item: _Item) -> float:
+        """Commit the command's intent: this owner sends no create for it after the returned
+        time.monotonic() value."""
+        command = item.command
+        assert command is not None
+        window_s = self.settings.deadline_s(command) + self.settings.promise_grace_s
+        pause = self.settings.retry_pause_s
+        while True:
+            at_ms, not_after = _now_ms(), time.monotonic() + window_s
+            intent = self._ledger.intent(command.command_id, at_ms, at_ms + int(window_s * 1000))
+            item.intent = True
+            claims = self._book.claim()
+            try:
+                await self._committer.commit(Unit([intent], self.settings.connection, claims, "intent"))
+                return not_after
+            except NOT_OURS:
+                raise
+            except KafkaGlueError as exc:
+                self._book.unclaim(claims)
+                log.warning(
+                    "the intent of %s did not commit (%s); again in %.0fs", command.command_id, exc, pause
+                )
+            await self._pause(pause)
+            pause = min(pause * 2, self.settings.max_retry_pause_s)
+
+    async def _execute(self, item: _Item, not_after: float | None) -> Outcome:
+        assert item.command is not None
         try:
             return await self._executor.execute(item.command, recovering=item.recovering, not_after=not_after)
         except Exception as exc:  # an executor bug must still give the command its one answer
@@ -306,132 +442,120 @@ class SinkWorker:
                 error=ErrorInfo(f"internal error in the bridge: {type(exc).__name__}", retriable=True),
             )
 
-    async def _publish(self, items: list[_Item], batch: list[Message]) -> None:
-        records: list[Record] = []
-        results: list[dict[str, Any] | None] = [None] * len(items)
-        for index, item in enumerate(items):
-            if item.answered:
-                continue
-            if item.dead is not None:
-                records.append(self._dead_letter(item))
-                continue
-            assert item.command is not None
-            if item.duplicate_of is not None:
-                result = results[item.duplicate_of]
-                assert result is not None
-                result = {**result, "replayed": True, "attempts": 0}
-            elif item.replay is not None:
-                result = {**item.replay, "replayed": True, "attempts": 0}
-            else:
-                assert item.outcome is not None
-                result = result_record(
-                    item.command,
-                    self.settings.connection,
-                    item.outcome,
-                    item.received_at,
-                    dt.datetime.now(dt.UTC),
-                )
-            topic = self._result_topic(item)
-            result, value = self._encode(topic, result)
-            if item.duplicate_of is None and item.replay is None:
-                where = (item.source.topic, item.source.partition, item.source.offset)
-                records.append(self._ledger.result(item.command.command_id, result, where))
-                records.extend(self._marker_records(item))
-            results[index] = result
-            records.append(Record(topic, item.source.key, value))
-        unit = Unit(records, owner=self.settings.connection, offsets=self._offsets(batch), label="results")
-        await self._committer.commit(unit)
+    async def _result_records(
+        self, item: _Item, result: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[Record]]:
+        command = item.command
+        assert command is not None
+        fresh = item.answer is not None
+        published, records = await self._retrying(lambda: self._records.result(command, result, fresh=fresh))
+        if fresh and item.outcome is not None:
+            records += self._records.marker(command, item.outcome)
+        return published, records
+
+    async def _commit(
+        self,
+        item: _Item,
+        answer: tuple[dict[str, Any] | None, list[Record]],
+        turn: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Commit the record's answer with the offsets it allows; a failure that may pass is retried (the
+        answer is final: the command does not run again)."""
+        published, records = answer
+        unit = Unit(records, self.settings.connection, self._book.claim([item.where]), "result")
+        if turn is not None:
+            _done(turn)  # the next command with the same key may run: this answer is on its way
+        pause = self.settings.retry_pause_s
+        while True:
+            try:
+                await self._committer.commit(unit)
+                break
+            except NOT_OURS:
+                raise
+            except KafkaGlueError as exc:
+                log.warning("an answer did not commit (%s); again in %.0fs", exc, pause)
+            await self._pause(pause)
+            if self._committed_meanwhile(item):
+                break  # the commit's outcome was unknown, and it had gone through
+            pause = min(pause * 2, self.settings.max_retry_pause_s)
+        self._book.settled(item.where)
+        if item.answer is not None and published is not None and not item.answer.done():
+            item.answer.set_result(published)
         if self._on_result is not None:
-            for item, result in zip(items, results, strict=True):
-                if not item.answered:
-                    self._on_result(item.command, result, item.dead)
+            self._on_result(item.command, published, item.dead)
 
-    # -- helpers -----------------------------------------------------------------------------------
-    def _dead_letter(self, item: _Item) -> Record:
-        assert item.dead is not None
-        headers = dead_letter_headers(item.dead, item.source, self.settings.connection)
-        value = item.message.value()
-        if value is not None and len(value) > self._limit(self.settings.dlq_topic) - 4096:
-            # Too large to copy (it reached the DLQ for that very reason): keep the headers, which say
-            # where the original is, rather than fail the transaction on every attempt.
-            headers.append(("dlq.value.dropped-bytes", str(len(value)).encode()))
-            value = None
-        return Record(self.settings.dlq_topic, item.source.key, value, tuple(headers))
+    def _committed_meanwhile(self, item: _Item) -> bool:
+        if item.command is None or item.answer is None:
+            return False
+        entry = self._ledger.lookup([item.command.command_id]).get(item.command.command_id)
+        return entry is not None and entry.result is not None and entry.source == item.where
 
-    def _encode(self, topic: str, result: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
-        """The result (made smaller when it would not fit the topic) and its Avro encoding."""
-        limit = min(self._limit(topic), self._limit(self._ledger.topic))
+    async def _retrying(self, step: Callable[[], Any]) -> Any:
+        """`step()`, asked again after a pause while the registry cannot be asked."""
+        pause = self.settings.retry_pause_s
+        while True:
+            try:
+                return step()
+            except RegistryUnavailable as exc:
+                log.warning("the schema registry cannot be asked (%s); again in %.0fs", exc, pause)
+            await self._pause(pause)
+            pause = min(pause * 2, self.settings.max_retry_pause_s)
+
+    async def _pause(self, seconds: float) -> None:
+        await wait_or_stop(self._halt, seconds)
+        if self._halt.is_set():
+            raise Abandoned("stopping")
+
+    # -- stopping ----------------------------------------------------------------------------------
+    async def _abandon(self, *, everything: bool) -> None:
+        """Cancel the commands that did not start (all of them with `everything`) and wait for the rest."""
+        for task, item in list(self._tasks.items()):
+            if everything or not item.started:
+                task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    async def _wind_down(self) -> None:
+        """Stopping: commands running finish and commit; the others are left to the next owner, with the
+        intents they committed withdrawn (so it need not wait their promises out)."""
+        idle = [item for item in self._tasks.values() if not item.started]
+        await self._abandon(everything=self._failure is not None)
+        if self._failure is not None:
+            return
+        withdrawn = [i for i in idle if i.intent and not i.started and i.command is not None]
+        records = [self._ledger.withdrawn(i.command.command_id) for i in withdrawn if i.command is not None]
+        if not records and not self._book.unclaimed():
+            return
         try:
-            return fit_result(result, self._codec(topic).encode, limit)
-        except Exception as exc:
-            if is_transient(exc):
-                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
-            raise
-
-    def _limit(self, topic: str) -> int:
-        """The largest record `topic` accepts: its max.message.bytes, capped by the producer's own limit."""
-        if topic not in self._limits:
-            limit = self._topic_limit(topic) if self._topic_limit is not None else None
-            self._limits[topic] = min(
-                limit or self.settings.max_message_bytes, self.settings.max_message_bytes
+            await self._committer.commit(
+                Unit(records, self.settings.connection, self._book.claim(), "withdraw")
             )
-        return self._limits[topic]
+        except KafkaGlueError as exc:
+            log.info("the intents of %d unstarted command(s) stay (%s)", len(records), exc)
 
-    def _marker_records(self, item: _Item) -> list[Record]:
-        """Record whether the server kept the marker identifier, when this create told something new."""
-        outcome, command = item.outcome, item.command
-        if outcome is None or command is None or outcome.marker_kept is None:
-            return []
-        if self._ledger.marker_kept(command.resource_type) == outcome.marker_kept:
-            return []
-        return [self._ledger.marker(command.resource_type, outcome.marker_kept)]
-
-    def _result_topic(self, item: _Item) -> str:
-        reply = item.command.reply_topic if item.command is not None else None
-        if reply is not None and self._reply_problem(reply) is None:
-            return reply
-        return self.settings.results_topic
-
-    def _codec(self, topic: str) -> TopicCodec:
-        """The codec for results on `topic`; registry errors propagate (callers decide what they mean)."""
-        if topic not in self._codecs:
-            self._codecs[topic] = TopicCodec(
-                self._registry, topic, self._result_schema, register=register_owned_avro
-            )
-        return self._codecs[topic]
-
-    def _reply_problem(self, topic: str) -> str | None:
-        """Why results cannot go to `topic`, or None when they can. Raises RegistryUnavailable when the
-        registry cannot be asked (the batch is then processed again later)."""
-        if problem := self._replies.problem(topic):
-            return problem
-        if not self._topic_exists(topic):
-            return f"reply_topic {topic!r} does not exist"
+    async def _tidy(self) -> None:
+        """Idle: commit the offsets no answer carried (records answered before, read again)."""
+        if not self._book.unclaimed():
+            return
+        claims = self._book.claim()
         try:
-            self._codec(topic)
-        except (IncompatibleSchemaError, ForeignSubjectError) as exc:
-            return f"reply_topic {topic!r} holds records of another schema ({exc})"
-        except Exception as exc:
-            if is_transient(exc):
-                raise RegistryUnavailable(f"schema registry: {type(exc).__name__}: {exc}") from exc
-            return f"the schema registry refused the result schema for reply_topic {topic!r}: {exc}"
-        return None
+            await self._committer.commit(Unit([], self.settings.connection, claims, "offsets"))
+        except NOT_OURS as exc:
+            self._failure = exc
+            self._halt.set()
+        except KafkaGlueError as exc:
+            self._book.unclaim(claims)
+            log.info("the consumed offsets did not commit now (%s)", exc)
 
-    def _topic_exists(self, topic: str) -> bool:
-        if topic in self._known_topics:
-            return True
-        if self._topic_exists_now(topic):
-            self._known_topics.add(topic)
-            return True
-        return False
 
-    @staticmethod
-    def _offsets(batch: list[Message]) -> list[TopicPartition]:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for m in batch:
-            key = (str(m.topic()), int(m.partition() or 0))
-            next_offsets[key] = max(next_offsets.get(key, 0), int(m.offset() or 0) + 1)
-        return [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+def _done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def _relay(stop: asyncio.Event, halt: asyncio.Event) -> None:
+    await stop.wait()
+    halt.set()
 
 
 def _now_ms() -> int:
