@@ -5,7 +5,9 @@ in any order. The group's committed offset is a promise to whoever reads the par
 below it was answered. So a unit commits, per partition, the lowest offset whose result is not committed
 yet (its own records count as committed: they are in the same transaction), never beyond. A record above
 that offset whose result is already committed is read again after a crash or a handover, and recognised
-by the ledger's `source` (bridge.sink.ledger): it gets no second result.
+by the ledger's `source` (bridge.sink.ledger): it gets no second result. An answer the ledger does not
+record under its record (a dead letter, a replay of an earlier result) could not be recognised that way: it
+commits only once it is `first` of its partition, so its own offset commits with it.
 
 Offsets only move forward: a unit never carries an offset lower than one an earlier unit carried. The
 earlier unit may still fail; its claim was true when it was made (everything below it was committed or
@@ -37,6 +39,11 @@ class OffsetBook:
         """Its result is committed (or it needs none: it was answered before)."""
         topic, partition, offset = where
         self._open.get((topic, partition), set()).discard(offset)
+
+    def first(self, where: Position) -> bool:
+        """No record read before this one on its partition is still without a committed result."""
+        topic, partition, offset = where
+        return all(other >= offset for other in self._open.get((topic, partition), ()))
 
     def open(self) -> int:
         return sum(len(offsets) for offsets in self._open.values())

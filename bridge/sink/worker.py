@@ -13,7 +13,9 @@ helper (bridge.kafka.txn), fenced by the connection's ownership. Each record, on
    without a result) first waits out that promise. Intents commit while earlier commands still run, so at
    full load they ride in the same transactions as other commands' results (the helper group-commits);
 3. as soon as it is done, its result, ledger entry and dead letter are committed, with the consumed
-   offsets that are safe to commit (bridge.sink.offsets): a slow command holds back no other result.
+   offsets that are safe to commit (bridge.sink.offsets): a slow command holds back no other result. Only
+   an answer the ledger does not record under its record (a dead letter, a replay) waits until every
+   record before it on its partition is answered, so that its own offset commits with it.
 At most `max_batch` records are read and not yet answered; beyond that the feed pauses the partitions.
 
 A result that cannot commit for a reason that may pass is committed again after a pause (it is final: the
@@ -110,6 +112,10 @@ class _Item:
     received_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
 
     @property
+    def command_id(self) -> str | None:
+        return self.command.command_id if self.command is not None else None
+
+    @property
     def where(self) -> Position:
         return (self.source.topic, self.source.partition, self.source.offset)
 
@@ -162,6 +168,7 @@ class SinkWorker:
         # slots are busy, so a create does not wait for its intent when its turn comes.
         self._ahead = asyncio.Semaphore(settings.concurrency)
         self._progress = asyncio.Event()  # a record was answered: room to read more
+        self._settled = asyncio.Event()  # set, and replaced, each time a record is answered
         self._failure: BaseException | None = None
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -227,7 +234,7 @@ class SinkWorker:
         entries = self._ledger.lookup(c.command_id for c in commands)
         for item in items:
             if item.command is not None and self._plan(item, entries.get(item.command.command_id)):
-                self._book.settled(item.where)  # answered before: nothing to commit
+                self._settle(item)  # answered before: nothing to commit
                 continue
             task = asyncio.create_task(self._handle(item))
             self._tasks[task] = item
@@ -295,8 +302,8 @@ class SinkWorker:
         self._progress.set()
         if item.answer is not None and not item.answer.done():
             item.answer.cancel()  # abandoned: a later duplicate is left to the next run too
-        if item.command is not None and self._answers.get(item.command.command_id) is item.answer:
-            del self._answers[item.command.command_id]
+        if item.answer is not None and self._answers.get(str(item.command_id)) is item.answer:
+            del self._answers[str(item.command_id)]
         if task.cancelled():
             return
         failure = task.exception()
@@ -462,6 +469,9 @@ class SinkWorker:
         """Commit the record's answer with the offsets it allows; a failure that may pass is retried (the
         answer is final: the command does not run again)."""
         published, records = answer
+        if item.answer is None:  # not recorded in the ledger under this record: commit its offset with it
+            while not self._book.first(item.where):
+                await self._settled.wait()
         unit = Unit(records, self.settings.connection, self._book.claim([item.where]), "result")
         if turn is not None:
             _done(turn)  # the next command with the same key may run: this answer is on its way
@@ -478,11 +488,16 @@ class SinkWorker:
             if self._committed_meanwhile(item):
                 break  # the commit's outcome was unknown, and it had gone through
             pause = min(pause * 2, self.settings.max_retry_pause_s)
-        self._book.settled(item.where)
+        self._settle(item)
         if item.answer is not None and published is not None and not item.answer.done():
             item.answer.set_result(published)
         if self._on_result is not None:
             self._on_result(item.command, published, item.dead)
+
+    def _settle(self, item: _Item) -> None:
+        self._book.settled(item.where)
+        self._settled.set()
+        self._settled = asyncio.Event()
 
     def _committed_meanwhile(self, item: _Item) -> bool:
         if item.command is None or item.answer is None:
@@ -522,7 +537,8 @@ class SinkWorker:
         await self._abandon(everything=self._failure is not None)
         if self._failure is not None:
             return
-        withdrawn = [i for i in idle if i.intent and not i.started and i.command is not None]
+        # A recovering command's intent stays: it tells the next owner an earlier create may have landed.
+        withdrawn = [i for i in idle if i.intent and not i.recovering and i.command is not None]
         records = [self._ledger.withdrawn(i.command.command_id) for i in withdrawn if i.command is not None]
         if not records and not self._book.unclaimed():
             return

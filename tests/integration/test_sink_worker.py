@@ -8,6 +8,7 @@ command, no second execution of a command id, intents before creates, dead lette
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -42,14 +43,17 @@ class StandInEhr:
     created: list[str] = field(default_factory=list)
     running: int = 0
     max_running: int = 0
+    delays: dict[str, float] = field(default_factory=dict)  # command id -> how long Epic takes for it
 
     async def execute(self, command: Command, *, recovering: bool, not_after: float | None = None) -> Outcome:
         self.calls.append((command.command_id, recovering))
         self.started.append(time.time())
         self.running += 1
         self.max_running = max(self.max_running, self.running)
-        await asyncio.sleep(0.05)
-        self.running -= 1
+        try:
+            await asyncio.sleep(self.delays.get(command.command_id, 0.05))
+        finally:
+            self.running -= 1
         new_id = f"P{len(self.created) + 1}"
         self.created.append(new_id)
         return Outcome(Status.SUCCEEDED, Effect.CREATED, (new_id,), attempts=1)
@@ -69,10 +73,13 @@ class Harness:
     group: str
     ehr: StandInEhr = field(default_factory=StandInEhr)
 
-    def send(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
+    def send(self, records: list[tuple[bytes | None, bytes | None]], partition: int | None = None) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap})
         for key, value in records:
-            producer.produce(self.commands, key=key, value=value)
+            if partition is None:
+                producer.produce(self.commands, key=key, value=value)
+            else:
+                producer.produce(self.commands, key=key, value=value, partition=partition)
         assert producer.flush(30) == 0
 
     def command(self, command_id: str, **overrides: Any) -> bytes:
@@ -87,7 +94,11 @@ class Harness:
         assert value is not None
         return value
 
-    async def run_until(self, results: int, dead: int = 0, timeout_s: float = 60) -> None:
+    async def run_until(
+        self, results: int, dead: int = 0, timeout_s: float = 60, crash_after_s: float | None = None
+    ) -> None:
+        """Run the loop until `results` results and `dead` dead letters are readable, then stop it; or,
+        with `crash_after_s`, cancel it after that long, as a crash would end it (nothing more commits)."""
         config = {"bootstrap.servers": self.bootstrap}
         owner = Owner()
         membership = Membership(
@@ -122,6 +133,12 @@ class Harness:
                 topic_exists=lambda topic: topic in (self.results, self.dlq),
             )
             task = asyncio.create_task(worker.run(stop))
+            if crash_after_s is not None:
+                await asyncio.sleep(crash_after_s)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                return
             deadline = asyncio.get_running_loop().time() + timeout_s
             while len(self.read_results()) < results or len(read_topic(self.bootstrap, self.dlq)) < dead:
                 assert asyncio.get_running_loop().time() < deadline, "results did not arrive in time"
@@ -129,7 +146,7 @@ class Harness:
                 await asyncio.sleep(0.5)
         finally:
             stop.set()
-            if task is not None:
+            if task is not None and not task.done():
                 await task
             await feed.close("sim")
             feed.stop()
@@ -305,3 +322,43 @@ async def test_a_record_read_again_after_its_result_was_committed_gets_no_second
     await harness.run_until(results=1)
     assert [r["command_id"] for r in harness.read_results()] == ["c-after"]
     assert [c for c, _ in harness.ehr.calls] == ["c-after"]
+
+
+@pytest.mark.integration
+async def test_a_slow_command_holds_back_no_other_result(harness: Harness) -> None:
+    harness.ehr.delays["c-slow"] = 3.0
+    records = [(b"slow", harness.command("c-slow"))]
+    records += [(f"k{i}".encode(), harness.command(f"c{i}")) for i in range(3)]
+    harness.send(records, partition=0)
+    await harness.run_until(results=4)
+    order = [r["command_id"] for r in harness.read_results()]
+    assert sorted(order[:3]) == ["c0", "c1", "c2"] and order[3] == "c-slow"  # published as each was done
+
+
+@pytest.mark.integration
+async def test_commands_without_a_key_run_concurrently(harness: Harness) -> None:
+    harness.ehr.delays = {f"c{i}": 0.5 for i in range(8)}
+    harness.send([(None, harness.command(f"c{i}")) for i in range(8)], partition=0)
+    await harness.run_until(results=8)
+    assert harness.ehr.max_running > 1
+
+
+@pytest.mark.integration
+async def test_answers_without_a_ledger_entry_of_their_own_are_not_repeated_after_a_crash(
+    harness: Harness,
+) -> None:
+    """A dead letter and a replay are not recorded in the ledger under their record, so nothing would tell
+    a reader after a crash that they were answered: they commit with their own record's offset, once every
+    record before them on the partition is answered. Here the run ends like a crash while a slow command
+    before them runs; the next run answers each record once."""
+    harness.send([(b"c", harness.command("c-old"))], partition=1)
+    await harness.run_until(results=1)  # c-old has its result in the ledger
+    harness.ehr.delays["c-slow"] = 30.0
+    # a FIND: no intent, so the next run need not wait out a create's promise
+    slow = harness.command("c-slow", action="FIND", resource_json=None, criteria={"_id": "P1"})
+    harness.send([(b"a", slow), (b"b", b"not avro at all"), (b"c", harness.command("c-old"))], partition=0)
+    await harness.run_until(results=0, crash_after_s=4.0)
+    harness.ehr.delays.clear()
+    await harness.run_until(results=3, dead=1)
+    assert sorted(r["command_id"] for r in harness.read_results()) == ["c-old", "c-old", "c-slow"]
+    assert len(read_topic(harness.bootstrap, harness.dlq)) == 1
