@@ -36,7 +36,9 @@ def http_client(
     t = cfg.timeouts
     return httpx.AsyncClient(
         timeout=httpx.Timeout(connect=t.connect_s, read=t.read_s, write=t.write_s, pool=t.pool_s),
-        limits=httpx.Limits(max_connections=20, max_keepalive_connections=10),
+        # Every connection the pool may open is kept alive: with more than ten requests in flight, a
+        # smaller keep-alive pool closed and reopened (TCP and TLS) a connection per request beyond it.
+        limits=httpx.Limits(max_connections=20, max_keepalive_connections=20),
         headers={"User-Agent": USER_AGENT},
         follow_redirects=False,
         transport=transport,

@@ -58,6 +58,7 @@ log = logging.getLogger(__name__)
 # Errors after which this process may not commit for the connection: the run ends, whoever owns the
 # connection next reads every unanswered record again.
 NOT_OURS = (NotOwnedError, OwnershipRefusedError, ProducerFencedError)
+MIN_INTENTS_AHEAD = 8
 
 
 class CommandExecutor(Protocol):
@@ -165,8 +166,11 @@ class SinkWorker:
         self._answers: dict[str, asyncio.Future[dict[str, Any]]] = {}  # command id -> its result
         self._slots = asyncio.Semaphore(settings.concurrency)  # commands running against the server
         # Commands holding a committed intent while they wait for a slot: their intents commit while the
-        # slots are busy, so a create does not wait for its intent when its turn comes.
-        self._ahead = asyncio.Semaphore(settings.concurrency)
+        # slots are busy, so a create does not wait for its intent when its turn comes. At least a few, so
+        # that at a low concurrency the intents still share transactions and an intent's commit (longer
+        # than a search under load) does not leave the slot idle; few, because after a crash the next
+        # owner waits out the promise of every intent without a result.
+        self._ahead = asyncio.Semaphore(max(settings.concurrency, MIN_INTENTS_AHEAD))
         self._progress = asyncio.Event()  # a record was answered: room to read more
         self._settled = asyncio.Event()  # set, and replaced, each time a record is answered
         self._failure: BaseException | None = None
