@@ -36,7 +36,9 @@ class SinkConfig(BaseModel):
     max_command_bytes: int = Field(
         default=1_000_000, ge=1_000, description="larger command records go to the DLQ"
     )
-    max_batch: int = Field(default=200, ge=1, le=10_000, description="records consumed per batch")
+    max_batch: int = Field(
+        default=200, ge=1, le=10_000, description="records read and not yet answered, at most"
+    )
     retry_base_delay_s: float = Field(default=0.5, gt=0, description="first backoff step (full jitter)")
     retry_max_delay_s: float = Field(default=10.0, gt=0, description="longest backoff step")
     ambiguous_settle_s: float = Field(

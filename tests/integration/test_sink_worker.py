@@ -59,6 +59,20 @@ class StandInEhr:
         return Outcome(Status.SUCCEEDED, Effect.CREATED, (new_id,), attempts=1)
 
 
+class CountingOwner(Owner):
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed_over = 0
+
+    def revoked(self, connections: list[str]) -> None:
+        self.handed_over += 1
+        super().revoked(connections)
+
+    def lost(self, connections: list[str]) -> None:
+        self.handed_over += 1
+        super().lost(connections)
+
+
 @dataclass
 class Harness:
     bootstrap: str
@@ -72,6 +86,8 @@ class Harness:
     txid: str
     group: str
     ehr: StandInEhr = field(default_factory=StandInEhr)
+    max_poll_interval_ms: int | None = None  # of the group membership's consumer; None: Kafka's default
+    handed_over: int = 0  # times the membership revoked or lost the connection during a run
 
     def send(self, records: list[tuple[bytes | None, bytes | None]], partition: int | None = None) -> None:
         producer = Producer({"bootstrap.servers": self.bootstrap})
@@ -99,11 +115,14 @@ class Harness:
     ) -> None:
         """Run the loop until `results` results and `dead` dead letters are readable, then stop it; or,
         with `crash_after_s`, cancel it after that long, as a crash would end it (nothing more commits)."""
-        config = {"bootstrap.servers": self.bootstrap}
-        owner = Owner()
-        membership = Membership(
-            config, MembershipSettings(self.group, "test"), {"sim": self.tasks_topic}, owner
-        )
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        settings = MembershipSettings(self.group, "test")
+        if self.max_poll_interval_ms is not None:
+            config["max.poll.interval.ms"] = self.max_poll_interval_ms
+            config["session.timeout.ms"] = 6000  # no longer than max.poll.interval.ms
+            settings = MembershipSettings(self.group, "test", session_timeout_s=6, heartbeat_interval_s=1)
+        owner = CountingOwner()
+        membership = Membership(config, settings, {"sim": self.tasks_topic}, owner)
         membership.start()
         committer = Committer(config, self.txid, fencing=membership)
         committer.start().result()
@@ -153,6 +172,7 @@ class Harness:
             committer.close()
             membership.stop()
             table.close()
+            self.handed_over += owner.handed_over
 
     def read_results(self) -> list[dict[str, Any]]:
         deserialize = AvroDeserializer(self.registry)
@@ -362,3 +382,16 @@ async def test_answers_without_a_ledger_entry_of_their_own_are_not_repeated_afte
     await harness.run_until(results=3, dead=1)
     assert sorted(r["command_id"] for r in harness.read_results()) == ["c-old", "c-old", "c-slow"]
     assert len(read_topic(harness.bootstrap, harness.dlq)) == 1
+
+
+@pytest.mark.integration
+async def test_a_command_slower_than_max_poll_interval_costs_no_rebalance(harness: Harness) -> None:
+    """The group membership polls on a thread of its own, whatever the commands do: a command that runs
+    longer than max.poll.interval.ms neither gets the process evicted nor its result refused."""
+    harness.max_poll_interval_ms = 6000
+    harness.ehr.delays["c-slow"] = 10.0
+    slow = harness.command("c-slow", action="FIND", resource_json=None, criteria={"_id": "P1"})
+    harness.send([(b"a", slow), (b"b", harness.command("c-fast"))], partition=0)
+    await harness.run_until(results=2, timeout_s=90)
+    assert sorted(r["command_id"] for r in harness.read_results()) == ["c-fast", "c-slow"]
+    assert harness.handed_over == 1  # once, when the run ended
