@@ -395,3 +395,15 @@ async def test_a_command_slower_than_max_poll_interval_costs_no_rebalance(harnes
     await harness.run_until(results=2, timeout_s=90)
     assert sorted(r["command_id"] for r in harness.read_results()) == ["c-fast", "c-slow"]
     assert harness.handed_over == 1  # once, when the run ended
+
+
+@pytest.mark.integration
+async def test_a_find_commits_no_intent_and_a_create_commits_one_before_it_runs(harness: Harness) -> None:
+    find = harness.command("c-find", action="FIND", resource_json=None, criteria={"_id": "P1"})
+    harness.send([(b"a", find), (b"b", harness.command("c-create"))], partition=0)
+    await harness.run_until(results=2)
+    states: dict[str, list[str]] = {}
+    for message in read_topic(harness.bootstrap, harness.ledger_topic):
+        key = json.loads(message.key() or b"[]")
+        states.setdefault(key[-1], []).append(json.loads(message.value() or b"{}")["state"])
+    assert states == {"c-find": ["done"], "c-create": ["intent", "done"]}
