@@ -54,6 +54,13 @@ class Runtime:
         self.sides = sides
         self.stop = asyncio.Event()
         self._stop_requested = 0.0
+        for cfg in self.configs:
+            if cfg.hints.enabled:
+                log.warning(
+                    "%s: hints are configured, but this version of `epic-bridge run` starts neither the "
+                    "HL7v2 listener nor the hint reader; changes are found by polling alone",
+                    cfg.name,
+                )
         prefixes = sorted({c.topic_prefix for c in self.configs})
         self.engines = {
             prefix: PrefixEngine(

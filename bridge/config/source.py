@@ -7,6 +7,9 @@ from typing import Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # The Observation categories Epic documents; Epic needs one (or a code) on every Observation search.
+# The scan schedule (bridge/source/schedule) is built but the poll loop does not consult it yet.
+NOT_USED_YET = "(the scan schedule, not used by the poll loop yet) "
+
 EPIC_OBSERVATION_CATEGORIES = (
     "vital-signs",
     "laboratory",
@@ -64,33 +67,40 @@ class SourceConfig(BaseModel):
     )
     schedule: Literal["adaptive", "uniform"] = Field(
         default="adaptive",
-        description="per-patient scans: `adaptive` revisits each (patient, resource, category) at a rate "
+        description=NOT_USED_YET
+        + "per-patient scans: `adaptive` revisits each (patient, resource, category) at a rate "
         "set by how often its patient was seen to change (square-root rule); `uniform` visits all in turn",
     )
     min_interval_s: float = Field(
-        default=60.0, ge=1, description="a unit (patient x resource x category) is never scanned more often"
+        default=60.0,
+        ge=1,
+        description=NOT_USED_YET + "a unit (patient x resource x category) is never scanned more often",
     )
     max_staleness_s: float = Field(
         default=86_400.0,
         gt=0,
-        description="every unit is scanned at least this often, however quiet (the budget must allow it: "
+        description=NOT_USED_YET
+        + "every unit is scanned at least this often, however quiet (the budget must allow it: "
         "see docs/source.md)",
     )
     change_rate_half_life_s: float = Field(
         default=21_600.0,
         gt=0,
-        description="half-life of the change history behind a patient's rate: how fast a patient who "
+        description=NOT_USED_YET
+        + "half-life of the change history behind a patient's rate: how fast a patient who "
         "stopped changing (a discharge) goes back to being scanned like a quiet one",
     )
     incremental_scans: bool = Field(
         default=True,
-        description="scheduled scans ask only for resources whose `date` is recent (where the resource "
+        description=NOT_USED_YET
+        + "scheduled scans ask only for resources whose `date` is recent (where the resource "
         "supports `date`), with a full scan of each unit every full_scan_interval_s",
     )
     date_window_overlap_s: float = Field(
         default=86_400.0,
         ge=0,
-        description="an incremental scan asks for `date` from the unit's previous scan minus this (data "
+        description=NOT_USED_YET
+        + "an incremental scan asks for `date` from the unit's previous scan minus this (data "
         "recorded late, clock skew)",
     )
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+
+import pytest
 
 from bridge.cli import build_parser, cmd_run
 from bridge.config import ConnectionConfig
@@ -46,3 +49,14 @@ def test_one_engine_per_prefix_in_one_group_with_a_transactional_id_per_process(
         "epic-bridge.host-1.p1.sink",
         "_owner.sink",
     )
+
+
+def test_a_connection_with_hints_enabled_is_told_that_run_does_not_start_them(
+    make_config: Callable[..., ConnectionConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    configs = [make_config(name="a", hints={"enabled": True}), make_config(name="b")]
+    kafka = KafkaContext(KafkaSettings(kafka_bootstrap="unused:9", instance_id="host-1"))
+    with caplog.at_level(logging.WARNING, logger="bridge.runtime"):
+        Runtime(configs, kafka)
+    warned = [r.getMessage() for r in caplog.records if "hints are configured" in r.getMessage()]
+    assert len(warned) == 1 and warned[0].startswith("a: ")
