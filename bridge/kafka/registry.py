@@ -22,7 +22,14 @@ def register_avro(
     Consumers of event topics keep decoding old records with new schemas only if every new version
     is BACKWARD compatible, so the level is set per subject rather than trusted from the registry default.
     """
-    client.set_compatibility(subject_name=subject, level=compatibility)
+    try:
+        client.set_compatibility(subject_name=subject, level=compatibility)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code != 409:
+            raise
+        # Apicurio answers 409 when another writer created the subject's rule a moment before; setting
+        # it again is then an update.
+        client.set_compatibility(subject_name=subject, level=compatibility)
     return _register(client, subject, schema, f"{compatibility} compatible")
 
 

@@ -7,6 +7,7 @@ raises RegistryUnavailable (the caller tries again later), never a dead letter o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,6 +59,7 @@ class ResultRecords:
         self._topic_limit = topic_limit  # a topic's max.message.bytes, None when unknown
         self._schema = load_schema("command_result.avsc")
         self._codecs: dict[str, TopicCodec] = {}
+        self._codec_lock = threading.Lock()
         self._limits: dict[str, int] = {}
         self._known_topics: set[str] = set()
         for topic, (codec, limit) in (known or {}).items():
@@ -141,11 +143,12 @@ class ResultRecords:
 
     def _codec(self, topic: str) -> TopicCodec:
         """The codec for results on `topic`; registry errors propagate (callers decide what they mean)."""
-        if topic not in self._codecs:
-            self._codecs[topic] = TopicCodec(
-                self._registry, topic, self._schema, register=register_owned_avro
-            )
-        return self._codecs[topic]
+        with self._codec_lock:  # results are encoded on worker threads: one registration per topic
+            if topic not in self._codecs:
+                self._codecs[topic] = TopicCodec(
+                    self._registry, topic, self._schema, register=register_owned_avro
+                )
+            return self._codecs[topic]
 
     def _topic_exists(self, topic: str) -> bool:
         if topic in self._known_topics:

@@ -250,7 +250,9 @@ class SinkWorker:
         pause = self.settings.retry_pause_s
         while True:
             try:
-                return self._decode(message)
+                # Off the loop: an unknown schema id asks the registry, whose client sleeps between its
+                # own retries while the registry is away; the commands already running must not stall.
+                return await asyncio.to_thread(self._decode, message)
             except RegistryUnavailable as exc:
                 log.warning("a command cannot be decoded now, trying again in %.0fs: %s", pause, exc)
                 await wait_or_stop(self._halt, pause)
@@ -510,11 +512,12 @@ class SinkWorker:
         return entry is not None and entry.result is not None and entry.source == item.where
 
     async def _retrying(self, step: Callable[[], Any]) -> Any:
-        """`step()`, asked again after a pause while the registry cannot be asked."""
+        """`step()`, asked again after a pause while the registry cannot be asked. It runs off the loop,
+        as it may ask the registry (see `_decoded`)."""
         pause = self.settings.retry_pause_s
         while True:
             try:
-                return step()
+                return await asyncio.to_thread(step)
             except RegistryUnavailable as exc:
                 log.warning("the schema registry cannot be asked (%s); again in %.0fs", exc, pause)
             await self._pause(pause)
