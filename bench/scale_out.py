@@ -35,6 +35,7 @@ import httpx
 from confluent_kafka.admin import AdminClient
 from machine import describe
 from prometheus_client.parser import text_string_to_metric_families
+from sim_process import start_simulator
 
 from bridge.auth.keys import KeySet, generate_key_pair, load_private_key
 from bridge.kafka.context import KafkaContext, KafkaSettings
@@ -57,21 +58,6 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- set-up ------------------------------------------------------------------------------------------------
-def start_simulator(port: int, patients: int, log: Path) -> subprocess.Popen[bytes]:
-    args = [str(BIN / "epic-sim"), "serve", "--port", str(port), "--patients", str(patients), "--seed", "2"]
-    proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/admin/stats", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the simulator did not start; see {log}")
-        time.sleep(0.3)
-
-
 def write_configs(folder: Path, sim_url: str, prefix: str, n: int) -> list[str]:
     patients = httpx.get(f"{sim_url}/admin/resources/Patient", params={"limit": 2 * n}).json()["ids"]
     kid, pem = generate_key_pair("RS384")  # one key pair, registered for every client
@@ -259,7 +245,7 @@ def main() -> None:
         work = Path(scratch)
         (work / "configs").mkdir()
         port = free_port()
-        sim = start_simulator(port, 2 * args.connections, work / "sim.log")
+        sim = start_simulator(port, 2 * args.connections, work / "sim.log", seed=2)
         prefix = f"scale{uuid.uuid4().hex[:8]}"
         try:
             names = write_configs(work / "configs", f"http://127.0.0.1:{port}", prefix, args.connections)

@@ -43,6 +43,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
+from sim_process import start_simulator
 
 from bridge.auth.keys import KeySet, generate_key_pair, load_private_key
 from bridge.config import load_connection_file
@@ -142,21 +143,6 @@ def plan(n: int, patients: list[str], rng: random.Random) -> list[tuple[str, byt
 
 
 # -- set-up ------------------------------------------------------------------------------------------------
-def start_simulator(port: int, patients: int, log: Path) -> subprocess.Popen[bytes]:
-    args = [str(BIN / "epic-sim"), "serve", "--port", str(port), "--patients", str(patients), "--seed", "1"]
-    proc = subprocess.Popen(args, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/admin/stats", timeout=2).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the simulator did not start; see {log}")
-        time.sleep(0.3)
-
-
 def write_config(folder: Path, sim_url: str, name: str, prefix: str, concurrency: int) -> Path:
     kid, pem = generate_key_pair("RS384")
     (folder / f"{name}.pem").write_bytes(pem)
@@ -464,7 +450,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sink-bench-") as tmp:
         work = Path(tmp)
         port = free_port()
-        sim = start_simulator(port, args.patients, work / "sim.log")
+        sim = start_simulator(port, args.patients, work / "sim.log", seed=1)
         sim_url = f"http://127.0.0.1:{port}"
         run = BridgeRun(args, work, sim_url, bootstrap, registry_url)
         try:
